@@ -1,0 +1,79 @@
+// x86-64 instruction images for sites, built and checked with Zydis.
+//
+// A site holds exactly one instruction that fills it. These functions build such images (a call,
+// the default indirect call through an op slot, a copied fragment) and verify images before the
+// engine writes them. No length decoding is done by hand: Zydis decodes, encodes and formats.
+#ifndef REPATCH_ARCH_X86_INSTRUCTION_H_
+#define REPATCH_ARCH_X86_INSTRUCTION_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "repatch/error.h"
+
+namespace repatch::x86 {
+
+/// The architectural limit on the length of one instruction.
+inline constexpr std::size_t kMaxInstructionLength = 15;
+
+/// The redundant prefix used to pad an instruction to its site length. CS is ignored as a segment
+/// override in 64-bit mode, and it is only a branch hint on Jcc, which sites never hold.
+inline constexpr std::uint8_t kPadPrefix = 0x2e;
+
+/// The one-byte breakpoint instruction.
+inline constexpr std::uint8_t kInt3 = 0xcc;
+
+/// One instruction image, at most 15 bytes.
+struct Image {
+  std::array<std::uint8_t, kMaxInstructionLength> bytes{};
+  std::uint8_t length = 0;
+
+  std::span<const std::uint8_t> view() const { return {bytes.data(), length}; }
+  friend bool operator==(const Image& a, const Image& b) {
+    return a.length == b.length && std::equal(a.bytes.begin(), a.bytes.begin() + a.length,
+                                              b.bytes.begin());
+  }
+};
+
+/// Builds an `Image` from raw bytes. Fails (kInvalidArgument) when there are more than 15.
+Result<Image> make_image(std::span<const std::uint8_t> bytes);
+
+/// Checks that `bytes`, placed at `address`, decode as exactly one instruction whose length is
+/// `bytes.size()` and that the instruction may live at a site: not a branch other than CALL
+/// (a site's only exit is its end, or a call that returns there), not INT3/INT n/UD, not a
+/// privileged or far-transfer instruction. Fails with kBadImage and a message that names the
+/// decoded instruction and the rule it breaks.
+Status verify_site_image(std::span<const std::uint8_t> bytes, std::uintptr_t address);
+
+/// Moves the single instruction `fragment`, assembled at address `from`, to a site at `to` that is
+/// `site_length` bytes long: RIP-relative displacements and rel32 targets are re-encoded for the
+/// new address, then the instruction is padded with `kPadPrefix` to the site length. The result
+/// passes `verify_site_image` at `to`.
+/// Fails with kUnrelocatable when a target is out of rel32 range from `to`, or when padding is
+/// impossible (the fragment already carries a segment override, or the result would exceed 15
+/// bytes); with kBadImage when `fragment` is not one instruction or is not allowed at a site; with
+/// kInvalidArgument when the fragment is longer than the site.
+Result<Image> relocate_to_site(std::span<const std::uint8_t> fragment, std::uintptr_t from,
+                               std::uintptr_t to, std::size_t site_length);
+
+/// The image of `call target` (E8 rel32) for a site at `site` that is `site_length` bytes long,
+/// padded with `kPadPrefix`. Fails with kUnrelocatable when `target` is out of rel32 range, with
+/// kInvalidArgument when the site is shorter than 5 bytes or longer than 15.
+Result<Image> encode_call(std::uintptr_t site, std::uintptr_t target, std::size_t site_length);
+
+/// The image of `call *slot(%rip)` (FF /2 with a RIP-relative operand) for a site at `site`,
+/// padded to `site_length`: the instruction a site holds before any patching. Same failures as
+/// `encode_call`, with 6 as the shortest site.
+Result<Image> encode_indirect_call(std::uintptr_t site, std::uintptr_t slot,
+                                   std::size_t site_length);
+
+/// One line of AT&T disassembly of the first instruction in `bytes` at `address`, e.g.
+/// "cs cs call 0x5555555551a0". Returns "(bad: <reason>)" when the bytes do not decode.
+std::string disassemble(std::span<const std::uint8_t> bytes, std::uintptr_t address);
+
+}  // namespace repatch::x86
+
+#endif  // REPATCH_ARCH_X86_INSTRUCTION_H_
