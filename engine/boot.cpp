@@ -1,0 +1,172 @@
+// Engine::boot(): from declarations to every group in its initial variant.
+//
+// The protocol, all on the one thread the process has:
+//   first step:  read and check every declaration and site record (catalog, table);
+//   second step: resolve the requested initial variants;
+//   third step:  plan: compute every site's current and target image and compare each site's
+//                bytes with its current image. Any failure so far returns with nothing written
+//                and the text untouched;
+//   fourth step: set up the text writer (for memfd: remap the pages that hold sites);
+//   fifth step:  write each site that changes, point each op slot at its variant, sync_core.
+#include <dirent.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "arch/x86/cpuid.h"
+#include "arch/x86/sync_core.h"
+#include "arch/x86/text_poker.h"
+#include "engine/engine_impl.h"
+#include "engine/site_image.h"
+
+namespace repatch {
+namespace {
+
+enum class BootState : int { kNone, kBooting, kBooted };
+std::atomic<BootState> g_boot_state{BootState::kNone};
+// Published once with release after the fifth step; readers acquire (Engine::get()).
+std::atomic<Engine*> g_engine{nullptr};
+
+// Threads of this process, from /proc/self/task; 0 if it cannot be read.
+int thread_count() {
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return 0;
+  int n = 0;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(dir);
+  return n;
+}
+
+Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog& catalog,
+                                                          const BootOptions& options) {
+  std::vector<engine::VariantIndex> variants(catalog.groups().size(), 0);
+  std::vector<bool> named(catalog.groups().size(), false);
+  for (const GroupChoice& choice : options.initial) {
+    Result<engine::GroupIndex> g = catalog.find_group(choice.group);
+    if (!g.ok()) return g.error();
+    if (named[g.value()]) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "group '" + choice.group + "' is given an initial variant twice");
+    }
+    named[g.value()] = true;
+    Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
+    if (!v.ok()) return v.error();
+    variants[g.value()] = v.value();
+  }
+  return variants;
+}
+
+struct SiteWrite {
+  engine::SiteEntry* entry;
+  x86::Image image;
+  engine::VariantIndex variant;
+};
+
+Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine::SiteTable& table,
+                                         const std::vector<engine::VariantIndex>& target) {
+  std::vector<SiteWrite> writes;
+  for (engine::SiteEntry& entry : table.entries()) {
+    if (Status s = engine::check_site_holds_current(catalog, table, entry); !s.ok()) {
+      return s.error();
+    }
+    const engine::VariantIndex v = target[catalog.op(entry.op).group];
+    // Every image is computed even when it will not be written now, so that a variant that cannot
+    // fill some site is refused at boot rather than at the first switch to it.
+    for (engine::VariantIndex other = 0; other < catalog.op(entry.op).variants.size(); ++other) {
+      Result<x86::Image> image = engine::site_image(catalog, table, entry, other);
+      if (!image.ok()) return image.error();
+      // Sites that stay indirect already hold their image.
+      if (other == v) writes.push_back({&entry, image.value(), v});
+    }
+  }
+  return writes;
+}
+
+Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
+                                                    const engine::SiteTable& table) {
+  if (table.entries().empty()) return std::unique_ptr<x86::TextPoker>();
+  if (writer == TextWriter::kProcSelfMem) return x86::make_procmem_poker();
+  return x86::make_memfd_poker(table.base(), table.limit());
+}
+
+Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
+  if (const int threads = thread_count(); threads > 1) {
+    return Error(ErrorCode::kState,
+                 "boot() must run before other threads start (it rewrites code they may be "
+                 "running); this process has " +
+                     std::to_string(threads) + " threads");
+  }
+  auto impl = std::make_unique<Engine::Impl>();
+  impl->cpu = x86::read_cpu_info();
+  x86::select_sync_core_method(impl->cpu.serialize);
+
+  // First step.
+  Result<engine::Catalog> catalog = engine::Catalog::build(engine::program_descriptors());
+  if (!catalog.ok()) return catalog.error();
+  impl->catalog = std::move(catalog).value();
+  Result<engine::SiteTable> table =
+      engine::SiteTable::build(engine::program_site_records(), impl->catalog);
+  if (!table.ok()) return table.error();
+  impl->table = std::move(table).value();
+
+  // Second and third steps.
+  Result<std::vector<engine::VariantIndex>> target = resolve_initial(impl->catalog, options);
+  if (!target.ok()) return target.error();
+  Result<std::vector<SiteWrite>> writes = plan_boot(impl->catalog, impl->table, target.value());
+  if (!writes.ok()) return writes.error();
+
+  // Fourth step.
+  Result<std::unique_ptr<x86::TextPoker>> poker = make_writer(options.writer, impl->table);
+  if (!poker.ok()) return poker.error();
+  impl->poker = std::move(poker).value();
+  impl->writer = options.writer == TextWriter::kProcSelfMem ? x86::PokerKind::kProcSelfMem
+                                                            : x86::PokerKind::kMemfdAlias;
+
+  // Fifth step. Only this thread runs, so plain writes followed by one sync_core suffice.
+  for (const SiteWrite& w : writes.value()) {
+    const std::uintptr_t address = impl->table.address(*w.entry);
+    if (Status s = impl->poker->write(address, w.image.view()); !s.ok()) {
+      return Error(s.error().code(), "boot could not write " +
+                                         engine::describe_site(impl->catalog, impl->table,
+                                                               *w.entry) +
+                                         ": " + s.error().message() +
+                                         " (sites written before it keep their new image)");
+    }
+    w.entry->variant.store(w.variant, std::memory_order_relaxed);
+  }
+  impl->group_variant = target.value();
+  for (const engine::CatalogOp& op : impl->catalog.ops()) {
+    const engine::VariantIndex v = impl->group_variant[op.group];
+    *op.desc->slot = reinterpret_cast<void*>(op.variants[v == engine::kIndirect ? 0 : v]->callable);
+  }
+  x86::sync_core();
+  return impl;
+}
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+Result<Engine*> Engine::boot(const BootOptions& options) {
+  BootState expected = BootState::kNone;
+  if (!g_boot_state.compare_exchange_strong(expected, BootState::kBooting)) {
+    return Error(ErrorCode::kState, "boot() was already called in this process");
+  }
+  Result<std::unique_ptr<Impl>> impl = boot_impl(options);
+  if (!impl.ok()) {
+    g_boot_state.store(BootState::kNone);
+    return impl.error();
+  }
+  // The engine lives as long as the process: the text it patched does.
+  auto* engine = new Engine(std::move(impl).value());
+  g_engine.store(engine, std::memory_order_release);  // pairs with the acquire in get()
+  g_boot_state.store(BootState::kBooted);
+  return engine;
+}
+
+Engine* Engine::get() { return g_engine.load(std::memory_order_acquire); }
+
+}  // namespace repatch

@@ -1,0 +1,82 @@
+// The catalog: every group, op and variant a program declared, cross-checked and indexed.
+//
+// Built once at boot from the descriptor sections (or, in tests, from any descriptor set), before
+// any site is looked at. Everything the macros of repatch/op.h could not check at compile time is
+// checked here, and each failure names the op, group or variant so that a person can fix the
+// declaration.
+#ifndef REPATCH_ENGINE_CATALOG_H_
+#define REPATCH_ENGINE_CATALOG_H_
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "repatch/error.h"
+#include "repatch/op.h"
+
+namespace repatch::engine {
+
+using GroupIndex = std::uint16_t;
+using OpIndex = std::uint16_t;
+using VariantIndex = std::uint8_t;
+
+/// The per-site variant value of a site that still holds its unpatched indirect call.
+inline constexpr VariantIndex kIndirect = 0xff;
+/// The largest number of variants a group may have (kIndirect is reserved).
+inline constexpr std::size_t kMaxVariants = 254;
+
+struct CatalogGroup {
+  const abi::GroupDesc* desc;
+  std::vector<OpIndex> ops;
+};
+
+struct CatalogOp {
+  const abi::OpDesc* desc;
+  GroupIndex group;
+  /// variants[v] implements the group's variant v.
+  std::vector<const abi::VariantDesc*> variants;
+};
+
+/// The descriptor sets a catalog is built from.
+struct Descriptors {
+  std::span<const abi::GroupDesc* const> groups;
+  std::span<const abi::OpDesc* const> ops;
+  std::span<const abi::VariantDesc* const> variants;
+};
+
+class Catalog {
+ public:
+  /// Checks and indexes `descriptors`. Fails with kInvalidArgument (a duplicate or empty name, a
+  /// group with no variants, a site length outside 6..15, an op slot that does not start at its
+  /// group's default variant), kUnknownName (an op of a group that is not declared, a variant
+  /// name its group does not list, a variant of an op that is not declared) or kBadImage (an
+  /// inline variant whose fragment is empty or longer than the op's sites).
+  static Result<Catalog> build(const Descriptors& descriptors);
+
+  std::span<const CatalogGroup> groups() const { return groups_; }
+  std::span<const CatalogOp> ops() const { return ops_; }
+  const CatalogGroup& group(GroupIndex g) const { return groups_[g]; }
+  const CatalogOp& op(OpIndex o) const { return ops_[o]; }
+
+  /// The op whose descriptor is `desc`, or an error naming the address when none is.
+  Result<OpIndex> find_op(const abi::OpDesc* desc) const;
+  /// The group named `name`; kUnknownName lists the groups there are.
+  Result<GroupIndex> find_group(std::string_view name) const;
+  /// Variant `name` of group `g`; kUnknownName lists the group's variants.
+  Result<VariantIndex> find_variant(GroupIndex g, std::string_view name) const;
+
+  /// "native" for a variant index, "indirect" for kIndirect.
+  std::string_view variant_name(GroupIndex g, VariantIndex v) const;
+
+ private:
+  std::vector<CatalogGroup> groups_;
+  std::vector<CatalogOp> ops_;
+};
+
+/// The descriptors this program registered through the macros of repatch/op.h.
+Descriptors program_descriptors();
+
+}  // namespace repatch::engine
+
+#endif  // REPATCH_ENGINE_CATALOG_H_

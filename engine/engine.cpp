@@ -1,0 +1,62 @@
+#include <algorithm>
+
+#include "arch/x86/instruction.h"
+#include "arch/x86/sync_core.h"
+#include "engine/engine_impl.h"
+#include "engine/symbolizer.h"
+
+namespace repatch {
+
+EngineStatus Engine::status() const {
+  const engine::Catalog& catalog = impl_->catalog;
+  const engine::SiteTable& table = impl_->table;
+  EngineStatus out;
+  for (std::size_t g = 0; g < catalog.groups().size(); ++g) {
+    const engine::CatalogGroup& group = catalog.group(static_cast<engine::GroupIndex>(g));
+    GroupStatus gs;
+    gs.name = group.desc->name;
+    gs.variant = catalog.variant_name(static_cast<engine::GroupIndex>(g), impl_->group_variant[g]);
+    gs.variants.assign(group.desc->variants, group.desc->variants + group.desc->variant_count);
+    gs.interchangeable = (group.desc->flags & abi::kGroupInterchangeable) != 0;
+    gs.ops = group.ops.size();
+    gs.sites = table.group_sites(static_cast<engine::GroupIndex>(g)).size();
+    out.groups.push_back(std::move(gs));
+  }
+  for (const engine::SiteEntry& entry : table.entries()) {
+    const engine::CatalogOp& op = catalog.op(entry.op);
+    const std::uintptr_t address = table.address(entry);
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(address);
+    SiteStatus ss;
+    ss.address = address;
+    ss.op = op.desc->name;
+    ss.group = op.desc->group->name;
+    ss.length = entry.length;
+    ss.variant = catalog.variant_name(op.group, entry.variant.load(std::memory_order_relaxed));
+    ss.bytes.assign(bytes, bytes + entry.length);
+    ss.instruction = x86::disassemble(ss.bytes, address);
+    ss.symbol = engine::symbolizer().name(address);
+    out.sites.push_back(std::move(ss));
+  }
+  std::sort(out.sites.begin(), out.sites.end(),
+            [](const SiteStatus& a, const SiteStatus& b) { return a.address < b.address; });
+  out.bytes_per_site = bytes_per_site();
+  out.retained_bytes = table.retained_bytes();
+  out.writer = x86::poker_kind_name(impl_->writer);
+  if (impl_->poker != nullptr) {
+    out.text_begin = impl_->poker->begin();
+    out.text_end = impl_->poker->end();
+  }
+  out.sync_core =
+      x86::sync_core_method() == x86::SyncCoreMethod::kSerialize ? "serialize" : "iret";
+  return out;
+}
+
+Result<std::string> Engine::current_variant(std::string_view group) const {
+  Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
+  if (!g.ok()) return g.error();
+  return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
+}
+
+std::size_t Engine::bytes_per_site() { return engine::SiteTable::bytes_per_site(); }
+
+}  // namespace repatch

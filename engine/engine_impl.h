@@ -1,0 +1,29 @@
+// What a booted engine holds. Internal: the public face is repatch/engine.h.
+#ifndef REPATCH_ENGINE_ENGINE_IMPL_H_
+#define REPATCH_ENGINE_ENGINE_IMPL_H_
+
+#include <memory>
+#include <vector>
+
+#include "arch/x86/cpuid.h"
+#include "arch/x86/text_poker.h"
+#include "engine/catalog.h"
+#include "engine/site_table.h"
+#include "repatch/engine.h"
+
+namespace repatch {
+
+struct Engine::Impl {
+  engine::Catalog catalog;
+  engine::SiteTable table;
+  /// Null when the program has no sites.
+  std::unique_ptr<x86::TextPoker> poker;
+  x86::PokerKind writer = x86::PokerKind::kMemfdAlias;
+  x86::CpuInfo cpu;
+  /// Current variant of each group (kIndirect: unpatched).
+  std::vector<engine::VariantIndex> group_variant;
+};
+
+}  // namespace repatch
+
+#endif  // REPATCH_ENGINE_ENGINE_IMPL_H_

@@ -1,0 +1,67 @@
+// The demo guest: a few ops of the kind a guest kernel patches, declared with the public API
+// exactly as any program would. The `repatch status` command and the tests boot it.
+//
+//  group demo_lock {native, pv}  -- a test-and-set lock whose paravirt variants count their calls
+//    demo_lock_acquire(lock)      native: call (spin)          pv: call (spin, counted)
+//    demo_lock_release(lock)      native: inline movb $0       pv: call (store, counted "kick")
+//    demo_vcpu_is_preempted(cpu)  native: inline xor %eax      pv: call (reads a flag)
+//  group demo_clock {fixed, shared} -- flags kGroupInterchangeable, like a feature alternative
+//    demo_clock_read()            fixed: inline mov $imm       shared: inline RIP-relative load
+#ifndef REPATCH_GUEST_DEMO_OPS_H_
+#define REPATCH_GUEST_DEMO_OPS_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "repatch/op.h"
+
+namespace repatch::demo {
+
+struct Lock {
+  std::atomic<std::uint8_t> locked{0};
+};
+
+/// What the fixed variant of demo_clock_read returns.
+inline constexpr std::uint32_t kFixedClock = 0x2a;
+
+}  // namespace repatch::demo
+
+extern "C" {
+/// What the shared variant of demo_clock_read returns (read RIP-relative at the site).
+extern REPATCH_DETAIL_HIDDEN std::uint32_t demo_clock_value;
+/// Calls of the pv variants since start.
+extern REPATCH_DETAIL_HIDDEN std::atomic<std::uint64_t> demo_pv_acquire_calls;
+extern REPATCH_DETAIL_HIDDEN std::atomic<std::uint64_t> demo_pv_release_calls;
+extern REPATCH_DETAIL_HIDDEN std::atomic<std::uint64_t> demo_pv_preempted_calls;
+/// Per-vCPU preempted flags read by the pv demo_vcpu_is_preempted (index & 63).
+extern REPATCH_DETAIL_HIDDEN std::atomic<std::uint8_t> demo_preempted[64];
+}
+
+REPATCH_DECLARE_GROUP(demo_lock);
+REPATCH_DECLARE_GROUP(demo_clock);
+REPATCH_DECLARE_OP(demo_lock_acquire, 8);
+REPATCH_DECLARE_OP(demo_lock_release, 8);
+REPATCH_DECLARE_OP(demo_vcpu_is_preempted, 8);
+REPATCH_DECLARE_OP(demo_clock_read, 10);
+
+namespace repatch::demo {
+
+inline void lock_acquire(Lock* lock) { REPATCH_SITE(demo_lock_acquire, , "D"(lock)); }
+
+inline void lock_release(Lock* lock) { REPATCH_SITE(demo_lock_release, , "D"(lock)); }
+
+inline bool vcpu_is_preempted(std::uint64_t cpu) {
+  std::uint32_t preempted;
+  REPATCH_SITE(demo_vcpu_is_preempted, "=a"(preempted), "D"(cpu));
+  return (preempted & 0xff) != 0;
+}
+
+inline std::uint32_t clock_read() {
+  std::uint32_t now;
+  REPATCH_SITE(demo_clock_read, "=a"(now));
+  return now;
+}
+
+}  // namespace repatch::demo
+
+#endif  // REPATCH_GUEST_DEMO_OPS_H_

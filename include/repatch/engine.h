@@ -1,0 +1,118 @@
+// Booting the engine and looking at what it holds.
+//
+// boot() runs once per process, before any vCPU thread starts: it reads every op, variant, group
+// and site the program declared (repatch/op.h), checks them, and puts every group into its
+// configured initial variant. After boot the engine keeps the retained patch table for the life
+// of the process.
+#ifndef REPATCH_ENGINE_H_
+#define REPATCH_ENGINE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "repatch/error.h"
+
+namespace repatch {
+
+/// How site bytes are written.
+enum class TextWriter : std::uint8_t {
+  /// Stores through a writable alias of a memfd that backs the executable pages holding sites
+  /// (set up by boot). Fast (a few ns per site), no system call per write. The remapped text shows
+  /// in /proc/self/maps as "/memfd:repatch-text (deleted)"; see README for debuggers and profilers.
+  kMemfdAlias,
+  /// pwrite() to /proc/self/mem: one system call per write; the text stays file-backed.
+  kProcSelfMem,
+};
+
+/// The variant name that leaves a group's sites unpatched (`call *slot(%rip)`), running the
+/// group's default variant through its op slots.
+inline constexpr std::string_view kIndirectVariant = "indirect";
+
+struct GroupChoice {
+  std::string group;
+  std::string variant;
+};
+
+struct BootOptions {
+  /// Initial variant per group. Groups not named start in their default (first) variant.
+  std::vector<GroupChoice> initial;
+  TextWriter writer = TextWriter::kMemfdAlias;
+};
+
+struct GroupStatus {
+  std::string name;
+  std::string variant;  ///< current variant, or "indirect"
+  std::vector<std::string> variants;
+  bool interchangeable = false;  ///< may switch without stopping vCPUs (feature alternatives)
+  std::size_t ops = 0;
+  std::size_t sites = 0;
+};
+
+struct SiteStatus {
+  std::uintptr_t address = 0;
+  std::string op;
+  std::string group;
+  std::uint8_t length = 0;
+  std::string variant;              ///< the variant whose image the site holds
+  std::vector<std::uint8_t> bytes;  ///< the site's current bytes
+  std::string instruction;          ///< the bytes disassembled (AT&T)
+  std::string symbol;               ///< "function+0xoff", or "" when unknown
+};
+
+struct EngineStatus {
+  std::vector<GroupStatus> groups;
+  std::vector<SiteStatus> sites;  ///< by address
+  std::size_t bytes_per_site = 0;  ///< retained table bytes per site
+  std::size_t retained_bytes = 0;  ///< the whole retained table, per-group overhead included
+  std::string writer;              ///< "memfd" or "procmem"
+  std::uintptr_t text_begin = 0;   ///< the remapped range (memfd writer), else 0
+  std::uintptr_t text_end = 0;
+  std::string sync_core;  ///< "iret" or "serialize"
+};
+
+class Engine {
+ public:
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  ~Engine();
+
+  /// Boots the engine: checks every declaration and site, then writes each site's initial image.
+  /// Call once, while this process has a single thread. Planning happens before anything is
+  /// written, so a failure leaves the text exactly as it was.
+  /// Fails with kState (already booted, or other threads are running), kUnknownName (a group or
+  /// variant in `options` does not exist; the message lists the ones that do), kForeignWrite (a
+  /// site does not hold its unpatched instruction; the message names the site), kBadImage or
+  /// kUnrelocatable (a variant's image cannot fill its sites), kBadSiteRecord, kInvalidArgument
+  /// (a declaration is inconsistent, or a group is named twice in `options`) or kSystem (the
+  /// text writer could not be set up).
+  static Result<Engine*> boot(const BootOptions& options = {});
+
+  /// The booted engine, or nullptr before boot() succeeds.
+  static Engine* get();
+
+  /// A snapshot of every group and site. Allocates; not for signal handlers.
+  EngineStatus status() const;
+
+  /// The current variant of `group`. Fails with kUnknownName.
+  Result<std::string> current_variant(std::string_view group) const;
+
+  /// Retained patch table bytes per site.
+  static std::size_t bytes_per_site();
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Same as Engine::boot().
+inline Result<Engine*> boot(const BootOptions& options = {}) { return Engine::boot(options); }
+
+}  // namespace repatch
+
+#endif  // REPATCH_ENGINE_H_

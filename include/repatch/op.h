@@ -1,0 +1,258 @@
+// Declaring ops, their variants, the groups they switch in, and their call sites.
+//
+// An *op* is a hot low-level operation (a spinlock release, a TLB flush) whose implementation is
+// chosen at run time. Each op belongs to exactly one *group*: the set of ops that must always run
+// the same *variant* (a native lock release must never pair with a paravirt acquire). A *site* is
+// one place in the code that runs an op; it is a single instruction of the op's fixed length:
+//
+//   before boot      cs ... cs call *repatch_slot_<op>(%rip)   (works with no patching at all)
+//   inline variant   cs ... cs movb $0, (%rdi)                  (the op's body, in place)
+//   call variant     cs ... cs call <target>                    (a direct call)
+//
+// Because every variant is one instruction that fills the site, a thread that is interrupted or
+// preempted is always at the start or the end of a site, never inside one.
+//
+// The op ABI is callee-save: a site preserves every general-purpose register except the outputs it
+// declares, and the stack pointer. Flags, vector registers (xmm0-15) and memory are clobbered. An
+// inline variant therefore costs what the same instruction written by hand costs. A call variant
+// targets code that keeps that promise: a hand-written assembly routine, or a C function wrapped
+// by REPATCH_CALLEE_SAVE_THUNK. x87 state must not be live across a site.
+//
+// Code that contains sites must be built without a red zone (a call pushes below %rsp behind the
+// compiler's back): use the CMake helper repatch_site_code(<target>).
+//
+// Use (names are C identifiers, global across the program):
+//
+//   // in a header
+//   REPATCH_DECLARE_GROUP(demo_lock);
+//   REPATCH_DECLARE_OP(demo_release, 8);   // 8-byte sites
+//   inline void demo_release(Lock* l) { REPATCH_SITE(demo_release, , "D"(l)); }
+//
+//   // in exactly one .cpp, all together (a linker drops unreferenced objects of a static library)
+//   REPATCH_DEFINE_GROUP(demo_lock, 0, "native", "pv");       // the first variant is the default
+//   REPATCH_DEFINE_OP(demo_release, demo_lock, native);       // slot starts at the native variant
+//   REPATCH_INLINE_VARIANT(demo_release, native, "movb $0, (%rdi)");
+//   extern "C" void demo_pv_release_c(Lock* l);
+//   REPATCH_CALLEE_SAVE_THUNK(demo_pv_release_thunk, demo_pv_release_c, void);
+//   REPATCH_CALL_VARIANT(demo_release, pv, demo_pv_release_thunk);
+//
+// boot() checks everything the compiler could not: every op has exactly one variant for each of
+// its group's variants, every image is one allowed instruction of the site length, and every site
+// holds the bytes it should.
+#ifndef REPATCH_OP_H_
+#define REPATCH_OP_H_
+
+#include <cstdint>
+
+namespace repatch::abi {
+
+// The records below are read by the engine from dedicated ELF sections. Their layout is part of the
+// ABI between code that declares sites and the library that patches them.
+
+/// Group flag: the group's variants may replace each other at any instant without stopping other
+/// vCPUs (feature alternatives whose old and new code are both correct at once).
+inline constexpr std::uint32_t kGroupInterchangeable = 1u << 0;
+
+struct GroupDesc {
+  const char* name;
+  const char* const* variants;  ///< variant names; [0] is the default
+  std::uint32_t variant_count;
+  std::uint32_t flags;  ///< kGroup* bits
+};
+
+struct OpDesc {
+  const char* name;
+  const GroupDesc* group;
+  void** slot;                 ///< target of the unpatched `call *slot(%rip)`
+  std::uint8_t site_length;    ///< every site of this op is this long
+};
+
+enum class VariantKind : std::uint8_t { kInline = 1, kCall = 2 };
+
+struct VariantDesc {
+  const OpDesc* op;
+  const char* name;  ///< one of op->group->variants
+  VariantKind kind;
+  /// kInline: the one instruction, as assembled at `fragment` (relocated when copied to a site).
+  const std::uint8_t* fragment;
+  const std::uint8_t* fragment_end;
+  /// A function with the op ABI that does what the variant does: for kCall the call target, for
+  /// kInline the fragment followed by RET. The op slot points at it while this variant is current.
+  void (*callable)();
+};
+
+/// One site, in section `repatch_sites`. Both fields are offsets from the field's own address, so
+/// the section needs no run-time relocation and is the same in every process.
+struct SiteRecord {
+  std::int32_t site;  ///< to the first byte of the site
+  std::int32_t op;    ///< to the op's OpDesc
+};
+static_assert(sizeof(SiteRecord) == 8);
+
+}  // namespace repatch::abi
+
+// ---- implementation details of the macros ----------------------------------------------------
+
+#define REPATCH_DETAIL_STR2(x) #x
+#define REPATCH_DETAIL_STR(x) REPATCH_DETAIL_STR2(x)
+#define REPATCH_DETAIL_USED __attribute__((used))
+#define REPATCH_DETAIL_HIDDEN __attribute__((visibility("hidden")))
+
+// Registers a descriptor by placing a pointer to it in section `repatch_<kind>`; the engine walks
+// the section between the linker-made __start_/__stop_ symbols.
+#define REPATCH_DETAIL_REGISTER(kind, type, ident)                                      \
+  extern "C" REPATCH_DETAIL_USED __attribute__((section("repatch_" #kind), aligned(8))) \
+  const ::repatch::abi::type* const repatch_##kind##_ptr_##ident = &ident
+
+// ---- groups ----------------------------------------------------------------------------------
+
+/// Declares a group defined elsewhere with REPATCH_DEFINE_GROUP.
+#define REPATCH_DECLARE_GROUP(group) \
+  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::GroupDesc repatch_group_##group
+
+/// Defines group `group` with `flags` (0 or abi::kGroup* bits) and its variant names; the first is
+/// the default, the variant every site runs before boot().
+#define REPATCH_DEFINE_GROUP(group, flags, ...)                                               \
+  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                 \
+  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                       \
+      #group, repatch_group_variants_##group,                                                \
+      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]),    \
+      (flags)};                                                                              \
+  REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
+
+// ---- ops -------------------------------------------------------------------------------------
+
+/// Declares op `op` whose sites are `length` bytes (6 to 15: the unpatched indirect call needs 6).
+#define REPATCH_DECLARE_OP(op, length)                                        \
+  extern "C" REPATCH_DETAIL_HIDDEN void* repatch_slot_##op;                   \
+  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::OpDesc repatch_op_##op; \
+  inline constexpr std::uint8_t repatch_op_length_##op = (length);            \
+  static_assert((length) >= 6 && (length) <= 15,                              \
+                "a site holds one instruction: 6 (indirect call) to 15 bytes")
+
+/// Defines op `op` (declared with REPATCH_DECLARE_OP) in group `group`. `default_variant` must be
+/// the group's first variant: the op slot starts at its callable, so unpatched sites run it.
+#define REPATCH_DEFINE_OP(op, group, default_variant)                                       \
+  extern "C" void repatch_callable_##op##__##default_variant();                             \
+  extern "C" {                                                                              \
+  void* repatch_slot_##op = reinterpret_cast<void*>(&repatch_callable_##op##__##default_variant); \
+  }                                                                                         \
+  extern "C" const ::repatch::abi::OpDesc repatch_op_##op = {                               \
+      #op, &repatch_group_##group, &repatch_slot_##op, repatch_op_length_##op};             \
+  REPATCH_DETAIL_REGISTER(ops, OpDesc, repatch_op_##op)
+
+// ---- variants --------------------------------------------------------------------------------
+
+/// Variant `variant` of `op` is the single instruction `insn` (AT&T syntax), copied into every site
+/// and padded with CS prefixes. RIP-relative operands are relocated. The instruction must not
+/// address the stack: its callable form (insn; ret) runs with %rsp 8 bytes lower.
+#define REPATCH_INLINE_VARIANT(op, variant, insn)                                                 \
+  asm(".pushsection repatch_fragments, \"a\"\n"                                                   \
+      ".hidden repatch_fragment_" #op "__" #variant "\n"                                          \
+      ".hidden repatch_fragment_end_" #op "__" #variant "\n"                                      \
+      "repatch_fragment_" #op "__" #variant ":\n\t" insn "\n"                                     \
+      "repatch_fragment_end_" #op "__" #variant ":\n"                                             \
+      ".popsection\n"                                                                             \
+      ".pushsection .text.repatch_callable, \"ax\", @progbits\n"                                  \
+      ".globl repatch_callable_" #op "__" #variant "\n"                                           \
+      ".hidden repatch_callable_" #op "__" #variant "\n"                                          \
+      ".type repatch_callable_" #op "__" #variant ", @function\n"                                 \
+      "repatch_callable_" #op "__" #variant ":\n\t" insn "\n\tret\n"                              \
+      ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant "\n" \
+      ".popsection\n");                                                                           \
+  extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                             \
+  extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                         \
+  extern "C" void repatch_callable_##op##__##variant();                                           \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {              \
+      &repatch_op_##op,                                                                           \
+      #variant,                                                                                   \
+      ::repatch::abi::VariantKind::kInline,                                                       \
+      repatch_fragment_##op##__##variant,                                                         \
+      repatch_fragment_end_##op##__##variant,                                                     \
+      &repatch_callable_##op##__##variant};                                                       \
+  REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
+
+/// Variant `variant` of `op` is `call target`, where `target` is an extern "C" function that keeps
+/// the op ABI (hand-written assembly, or a REPATCH_CALLEE_SAVE_THUNK).
+#define REPATCH_CALL_VARIANT(op, variant, target)                                      \
+  extern "C" void target();                                                            \
+  asm(".globl repatch_callable_" #op "__" #variant "\n"                                \
+      ".hidden repatch_callable_" #op "__" #variant "\n"                               \
+      ".set repatch_callable_" #op "__" #variant ", " #target "\n");                   \
+  extern "C" void repatch_callable_##op##__##variant();                                \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {   \
+      &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr, \
+      &target};                                                                        \
+  REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
+
+// ---- callee-save thunks ----------------------------------------------------------------------
+
+#define REPATCH_DETAIL_THUNK_SAVE_RAX_void "\tpush %rax\n"
+#define REPATCH_DETAIL_THUNK_SAVE_RAX_value ""
+#define REPATCH_DETAIL_THUNK_RESTORE_RAX_void "\tpop %rax\n"
+#define REPATCH_DETAIL_THUNK_RESTORE_RAX_value ""
+// Saved registers other than %rax and %rbp, below the frame pointer.
+#define REPATCH_DETAIL_THUNK_SAVED_void "72"
+#define REPATCH_DETAIL_THUNK_SAVED_value "64"
+
+/// Defines `thunk`, an extern "C" function with the op ABI that calls the ordinary extern "C"
+/// function `function` with the op's arguments (%rdi, %rsi, %rdx, %rcx, %r8, %r9 pass through).
+/// `result` is `value` when the op returns its result in %rax, `void` when it returns nothing (then
+/// %rax is preserved too). The thunk aligns the stack for `function`, whatever %rsp was at the site.
+#define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                              \
+  extern "C" void thunk();                                                              \
+  asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                          \
+      ".globl " #thunk "\n"                                                             \
+      ".hidden " #thunk "\n"                                                            \
+      ".type " #thunk ", @function\n" #thunk ":\n"                                      \
+      "\t.cfi_startproc\n"                                                              \
+      "\tpush %rbp\n"                                                                   \
+      "\t.cfi_def_cfa_offset 16\n"                                                      \
+      "\t.cfi_offset %rbp, -16\n"                                                       \
+      "\tmov %rsp, %rbp\n"                                                              \
+      "\t.cfi_def_cfa_register %rbp\n" REPATCH_DETAIL_THUNK_SAVE_RAX_##result           \
+      "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                            \
+      "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                              \
+      "\tand $-16, %rsp\n"                                                              \
+      "\tcall " #function "@PLT\n"                                                      \
+      "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result "(%rbp), %rsp\n"                    \
+      "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                  \
+      "\tpop %rdi\n\tpop %rsi\n\tpop %rdx\n\tpop %rcx\n" REPATCH_DETAIL_THUNK_RESTORE_RAX_##result \
+      "\tpop %rbp\n"                                                                    \
+      "\t.cfi_def_cfa %rsp, 8\n"                                                        \
+      "\tret\n"                                                                         \
+      "\t.cfi_endproc\n"                                                                \
+      ".size " #thunk ", . - " #thunk "\n"                                              \
+      ".popsection\n")
+
+// ---- sites -----------------------------------------------------------------------------------
+
+// The clobbers of every site: what the op ABI does not preserve.
+#define REPATCH_DETAIL_SITE_CLOBBERS                                                          \
+  "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
+      "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+
+/// A site of `op`: emits the unpatched instruction (`call *repatch_slot_<op>(%rip)`, padded to the
+/// op's length) and its record. `outputs` are asm output operands (may be empty, e.g. `"=a"(r)`);
+/// the rest are input operands, e.g. `"D"(lock)`. Use inside an inline function per op.
+#define REPATCH_SITE(op, outputs, ...)                                                      \
+  asm inline volatile(                                                                      \
+      "661:\n\t"                                                                            \
+      ".fill %c[repatch_pad], 1, 0x2e\n\t"                                                  \
+      "call *%P[repatch_slot](%%rip)\n"                                                     \
+      "662:\n\t"                                                                            \
+      ".if (662b - 661b) - %c[repatch_len]\n\t"                                             \
+      ".error \"repatch: site of " #op " is not exactly its op's length\"\n\t"              \
+      ".endif\n\t"                                                                          \
+      ".pushsection repatch_sites, \"a\"\n\t"                                               \
+      ".balign 4\n\t"                                                                       \
+      ".long 661b - .\n\t"                                                                  \
+      ".long %P[repatch_op] - .\n\t"                                                        \
+      ".popsection"                                                                         \
+      : outputs                                                                             \
+      : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op),         \
+        [repatch_pad] "i"(repatch_op_length_##op - 6),                                      \
+        [repatch_len] "i"(repatch_op_length_##op)__VA_OPT__(, ) __VA_ARGS__                 \
+      : REPATCH_DETAIL_SITE_CLOBBERS)
+
+#endif  // REPATCH_OP_H_
