@@ -6,6 +6,7 @@
 #ifndef REPATCH_ARCH_X86_INSTRUCTION_H_
 #define REPATCH_ARCH_X86_INSTRUCTION_H_
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
