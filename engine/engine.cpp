@@ -3,6 +3,7 @@
 #include "arch/x86/instruction.h"
 #include "arch/x86/sync_core.h"
 #include "engine/engine_impl.h"
+#include "engine/site_image.h"
 #include "engine/symbolizer.h"
 
 namespace repatch {
@@ -55,6 +56,15 @@ Result<std::string> Engine::current_variant(std::string_view group) const {
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
   if (!g.ok()) return g.error();
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
+}
+
+Status Engine::verify_sites() const {
+  for (const engine::SiteEntry& entry : impl_->table.entries()) {
+    if (Status s = engine::check_site_holds_current(impl_->catalog, impl_->table, entry); !s.ok()) {
+      return s;
+    }
+  }
+  return {};
 }
 
 std::size_t Engine::bytes_per_site() { return engine::SiteTable::bytes_per_site(); }

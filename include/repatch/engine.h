@@ -100,6 +100,10 @@ class Engine {
   /// The current variant of `group`. Fails with kUnknownName.
   Result<std::string> current_variant(std::string_view group) const;
 
+  /// Compares every site's bytes with the image of its current variant. Fails with kForeignWrite
+  /// naming the first site that differs (something else wrote there). Allocates.
+  Status verify_sites() const;
+
   /// Retained patch table bytes per site.
   static std::size_t bytes_per_site();
 
