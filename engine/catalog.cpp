@@ -4,6 +4,7 @@
 #include <map>
 #include <string>
 
+#include "arch/x86/instruction.h"
 #include "engine/format.h"
 
 // The linker defines __start_/__stop_ symbols for every section whose name is a C identifier.
@@ -67,6 +68,11 @@ Status check_variant_shape(const abi::OpDesc& op, const abi::VariantDesc& varian
   const auto length = variant.fragment_end - variant.fragment;
   if (variant.fragment == nullptr || length <= 0) {
     return Error(ErrorCode::kBadImage, what + " has an empty instruction");
+  }
+  const std::span<const std::uint8_t> fragment(variant.fragment, static_cast<std::size_t>(length));
+  if (Status s = x86::verify_stack_neutral(fragment, reinterpret_cast<std::uintptr_t>(fragment.data()));
+      !s.ok()) {
+    return Error(s.error().code(), what + ": " + s.error().message());
   }
   if (length > op.site_length) {
     return Error(ErrorCode::kBadImage, what + " is " + std::to_string(length) +

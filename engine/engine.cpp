@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "arch/x86/instruction.h"
 #include "arch/x86/sync_core.h"
@@ -7,6 +9,18 @@
 #include "engine/symbolizer.h"
 
 namespace repatch {
+namespace {
+
+// " <thunk_name>" for a disassembled direct call, so that a person sees where a site goes.
+std::string call_target_name(const std::string& instruction) {
+  const auto at = instruction.find("call 0x");
+  if (at == std::string::npos) return "";
+  const std::uintptr_t target = std::strtoull(instruction.c_str() + at + 5, nullptr, 16);
+  const std::string name = engine::symbolizer().name(target);
+  return name.empty() ? "" : " <" + name + ">";
+}
+
+}  // namespace
 
 EngineStatus Engine::status() const {
   const engine::Catalog& catalog = impl_->catalog;
@@ -35,6 +49,7 @@ EngineStatus Engine::status() const {
     ss.variant = catalog.variant_name(op.group, entry.variant.load(std::memory_order_relaxed));
     ss.bytes.assign(bytes, bytes + entry.length);
     ss.instruction = x86::disassemble(ss.bytes, address);
+    ss.instruction += call_target_name(ss.instruction);
     ss.symbol = engine::symbolizer().name(address);
     out.sites.push_back(std::move(ss));
   }

@@ -111,8 +111,12 @@ Symbolizer::Symbolizer() {
       symbols_.push_back({begin, begin + std::max<std::uint64_t>(sym.st_size, 1), demangle(raw)});
     }
   }
-  std::sort(symbols_.begin(), symbols_.end(),
-            [](const Symbol& a, const Symbol& b) { return a.begin < b.begin; });
+  // name() picks the last of several symbols at one address. The op macros alias each call
+  // variant's target as repatch_callable_<op>__<variant>; the target's own name says more.
+  auto preferred = [](const Symbol& s) { return s.name.rfind("repatch_callable_", 0) != 0; };
+  std::sort(symbols_.begin(), symbols_.end(), [&](const Symbol& a, const Symbol& b) {
+    return a.begin != b.begin ? a.begin < b.begin : preferred(a) < preferred(b);
+  });
 }
 
 std::string Symbolizer::name(std::uintptr_t address) const {

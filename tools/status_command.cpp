@@ -94,10 +94,10 @@ void print_text(const EngineStatus& s) {
     std::printf("%-16s %-10s %-22s %4zu %6zu\n", g.name.c_str(), g.variant.c_str(),
                 variants.c_str(), g.ops, g.sites);
   }
-  std::printf("\n%-18s %-24s %3s %-9s %-42s %s\n", "ADDRESS", "OP", "LEN", "VARIANT",
+  std::printf("\n%-18s %-24s %3s %-9s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT",
               "INSTRUCTION", "IN");
   for (const SiteStatus& site : s.sites) {
-    std::printf("%-18s %-24s %3u %-9s %-42s %s\n", engine::hex(site.address).c_str(),
+    std::printf("%-18s %-24s %3u %-9s %-60s %s\n", engine::hex(site.address).c_str(),
                 site.op.c_str(), static_cast<unsigned>(site.length), site.variant.c_str(),
                 site.instruction.c_str(), site.symbol.empty() ? "?" : site.symbol.c_str());
   }

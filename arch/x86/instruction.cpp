@@ -516,6 +516,28 @@ Status verify_site_image(std::span<const std::uint8_t> bytes, std::uintptr_t add
   return decode_site_instruction(bytes, address, "site image").status();
 }
 
+Status verify_stack_neutral(std::span<const std::uint8_t> fragment, std::uintptr_t address) {
+  Result<Decoded> decoded = decode_site_instruction(fragment, address, "fragment");
+  if (!decoded.ok()) return decoded.error();
+  const Decoded& d = decoded.value();
+  if (d.instruction.mnemonic == ZYDIS_MNEMONIC_CALL) return {};
+  for (std::size_t i = 0; i < d.instruction.operand_count; ++i) {
+    const ZydisDecodedOperand& op = d.operands[i];
+    const bool uses_rsp =
+        (op.type == ZYDIS_OPERAND_TYPE_REGISTER && op.reg.value == ZYDIS_REGISTER_RSP) ||
+        (op.type == ZYDIS_OPERAND_TYPE_MEMORY &&
+         (op.mem.base == ZYDIS_REGISTER_RSP || op.mem.index == ZYDIS_REGISTER_RSP));
+    if (uses_rsp) {
+      return Error(ErrorCode::kBadImage,
+                   "fragment " + describe(d, fragment, address) +
+                       " uses the stack pointer; an inline variant also runs as a function "
+                       "(fragment; ret) one return address lower, so it must leave %rsp and "
+                       "the stack alone");
+    }
+  }
+  return {};
+}
+
 Result<Image> relocate_to_site(std::span<const std::uint8_t> fragment, std::uintptr_t from,
                                std::uintptr_t to, std::size_t site_length) {
   if (fragment.size() > site_length) {

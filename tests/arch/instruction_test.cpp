@@ -493,5 +493,26 @@ TEST(Instruction, DisassembleSurvivesEveryTwoByteInput) {
   }
 }
 
+TEST(Instruction, StackNeutralAcceptsOrdinaryFragments) {
+  const std::uint8_t movb[] = {0xc6, 0x07, 0x00};                    // movb $0, (%rdi)
+  const std::uint8_t call[] = {0xff, 0x15, 0x00, 0x00, 0x00, 0x00};  // call *0(%rip)
+  EXPECT_TRUE(verify_stack_neutral(movb, 0x1000).ok());
+  EXPECT_TRUE(verify_stack_neutral(call, 0x1000).ok()) << "a call returns: its push is balanced";
+}
+
+TEST(Instruction, StackNeutralRefusesStackUse) {
+  const std::uint8_t push[] = {0x50};                          // push %rax
+  const std::uint8_t load[] = {0x48, 0x8b, 0x44, 0x24, 0x08};  // mov 8(%rsp), %rax
+  const std::uint8_t lea[] = {0x48, 0x8d, 0x04, 0x24};         // lea (%rsp), %rax
+  for (std::span<const std::uint8_t> bytes :
+       {std::span<const std::uint8_t>(push), std::span<const std::uint8_t>(load),
+        std::span<const std::uint8_t>(lea)}) {
+    Status s = verify_stack_neutral(bytes, 0x1000);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.error().code(), ErrorCode::kBadImage);
+    EXPECT_NE(s.error().message().find("stack pointer"), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace repatch::x86

@@ -63,6 +63,15 @@ TEST(BadInput, SiteShorterThanVariant) {
   EXPECT_TRUE(contains(catalog.error().message(), "7 bytes long"));
 }
 
+TEST(BadInput, InlineVariantThatUsesTheStack) {
+  static const std::uint8_t kLoad[] = {0x48, 0x8b, 0x04, 0x24};  // mov (%rsp), %rax
+  OneOp d(8, kLoad);
+  Result<Catalog> catalog = Catalog::build(d.descriptors.view());
+  ASSERT_FALSE(catalog.ok());
+  EXPECT_EQ(catalog.error().code(), ErrorCode::kBadImage);
+  EXPECT_TRUE(contains(catalog.error().message(), "the_op")) << catalog.error().message();
+}
+
 Result<x86::Image> image_of_variant_one(std::span<const std::uint8_t> fragment,
                                         std::uintptr_t site) {
   // Static, so that the record's 32-bit offset reaches the op descriptor.
