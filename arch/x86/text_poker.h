@@ -36,11 +36,14 @@ class TextPoker {
   virtual PokerKind kind() const = 0;
 
   /// Writes `bytes` at code address `address`. The range must lie inside the range the poker was
-  /// created for (memfd) or inside an executable mapping (procmem). Stores are done in address
-  /// order, byte-wise or wider, each store single-copy atomic for its width. Never allocates, so
-  /// it may run while other vCPUs are stopped; async-signal-safe for the memfd backend.
+  /// created for (memfd) or inside an executable mapping (procmem; not checked). Stores are done in
+  /// address order, byte-wise or wider, each store single-copy atomic for its width (memfd: each
+  /// naturally aligned 8-byte chunk inside the range is written by one store). A successful write
+  /// never allocates, so it may run while other vCPUs are stopped; async-signal-safe for the memfd
+  /// backend. A refusal builds its message, which allocates (procmem also reads /proc/self/maps
+  /// to explain it): check ranges when planning, not while others are stopped.
   /// Fails with kInvalidArgument for an address outside the poker's range, kSystem when the
-  /// kernel refuses the write.
+  /// kernel refuses the write (procmem: also when the address lies in a memfd-remapped range).
   virtual Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) = 0;
 
   /// For the memfd backend: the first and one-past-last code addresses covered (page aligned).
@@ -53,8 +56,10 @@ class TextPoker {
 /// process has a single thread that runs code in that range (at boot). The range must lie inside
 /// one executable, non-writable mapping of /proc/self/maps. Installs a fork handler so that a
 /// child process gets a private copy of the text and never patches its parent's code.
-/// Fails with kSystem (memfd_create/mmap refused; the message names the call and errno) or
-/// kInvalidArgument (the range is not inside one r-x mapping).
+/// Fails with kSystem (memfd_create/mmap refused; the message names the call and errno),
+/// kInvalidArgument (the range is not inside one r-x mapping, or overlaps a live memfd poker) or
+/// kUnsupported (16 memfd pokers are already live).
+/// Destroying the poker unmaps the alias only: the text stays mapped r-x from the memfd.
 Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::uintptr_t last);
 
 /// Opens /proc/self/mem for writing. Fails with kSystem when it cannot be opened.

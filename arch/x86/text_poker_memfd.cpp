@@ -1,0 +1,412 @@
+// The memfd alias backend of TextPoker.
+//
+// Setup moves the pages of [first, last) onto a memfd: copy their bytes into the memfd, map a
+// rw- alias of it somewhere else, then map it r-x over the original range with one
+// mmap(MAP_FIXED). The kernel replaces the old mapping under its mmap lock, so a thread running
+// that code (even the code doing the remap) always fetches the same bytes from an executable
+// page: there is no window of unmapped or non-executable text, and no mapping is ever writable
+// and executable at once.
+//
+// After that, write() is a few stores through the alias: no system call, no lock, no allocation.
+//
+// Fork: the child inherits both MAP_SHARED mappings of the same memfd, so without care a child
+// writing through its alias would patch its parent's running code (and the parent the child's).
+// A pthread_atfork child handler gives every live region a fresh memfd in the child before the
+// child runs anything else. The handler uses system calls only; the registry it walks is a fixed
+// array so that nothing allocates in the child of a multi-threaded parent (another thread may
+// have held the malloc lock at fork time).
+// The child copies whatever the text holds when its handler runs; parent threads keep running
+// and may be writing. A fork during a patch transaction can therefore give the child a torn site:
+// the engine must keep forks out of transactions (its own prepare handler can wait for them).
+//
+// Destruction unmaps the alias only. The text stays on the memfd, r-x, because other threads may
+// be executing it and mapping the file back would drop every patch written so far. Profilers
+// will show the range as "/memfd:repatch-text (deleted)" for the rest of the process. A later
+// poker may take the range over again.
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "arch/x86/proc_maps.h"
+#include "arch/x86/text_poker.h"
+
+namespace repatch::x86 {
+namespace {
+
+constexpr const char* kMemfdName = "repatch-text";
+// What /proc/self/maps calls a mapping of our memfd.
+constexpr std::string_view kMemfdMapsPrefix = "/memfd:repatch-text";
+
+// The engine needs one region for its site pages and tests a few more. Fixed so that the fork
+// handler walks it without allocating.
+constexpr std::size_t kMaxRegions = 16;
+
+struct Region {
+  bool live = false;
+  std::uintptr_t begin = 0;  // text range, page aligned
+  std::uintptr_t end = 0;
+  std::uintptr_t alias = 0;  // start of the rw- mapping of the same memfd
+  // Set in a forked child when the region could not be given its own memfd; write() then refuses
+  // rather than patching the parent's code. Points to a string literal naming the system call.
+  const char* child_failed_call = nullptr;
+  int child_failed_errno = 0;
+};
+
+// Guarded by g_registry_mutex. The fork prepare handler takes the mutex, so a child always sees
+// a registry that no other thread was half-way through changing.
+pthread_mutex_t g_registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+Region g_regions[kMaxRegions];
+
+// Addresses travel as integers through the API; this is the one place they become pointers.
+inline void* as_ptr(std::uintptr_t address) {
+  return reinterpret_cast<void*>(address);  // NOLINT(performance-no-int-to-ptr)
+}
+
+std::string hex(std::uintptr_t value) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%" PRIxPTR, value);
+  return buf;
+}
+
+std::string range_text(std::uintptr_t begin, std::uintptr_t end) {
+  return "[" + hex(begin) + ", " + hex(end) + ")";
+}
+
+std::string errno_text(int err) {
+  char buf[128];
+  return strerror_r(err, buf, sizeof buf);  // GNU variant: may return a static string
+}
+
+// Copies [begin, begin+len) of our own memory into the start of `fd`. The source is the text
+// itself, readable because it is r-x; pwrite reads it without any writable mapping of it.
+// Async-signal-safe. Returns 0 or an errno value.
+int copy_text_into(int fd, std::uintptr_t begin, std::size_t len) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pwrite(fd, as_ptr(begin + done), len - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return errno;
+    }
+    if (n == 0) {
+      return EIO;  // no progress; never loop forever
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+// Child side of fork, one region: fresh memfd with the current bytes, mapped r-x over the text
+// and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically, so the
+// text is never absent and the alias address is never free for something else to take.
+void reprivatise_in_child(Region& r) {
+  const std::size_t len = r.end - r.begin;
+  int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
+  const char* failed = nullptr;
+  int err = 0;
+  if (fd < 0) {
+    failed = "memfd_create";
+    err = errno;
+  } else if (::ftruncate(fd, static_cast<off_t>(len)) != 0) {
+    failed = "ftruncate";
+    err = errno;
+  } else if ((err = copy_text_into(fd, r.begin, len)) != 0) {
+    failed = "pwrite";
+  } else if (::mmap(as_ptr(r.begin), len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
+             MAP_FAILED) {
+    failed = "mmap(text, r-x, MAP_SHARED|MAP_FIXED)";
+    err = errno;
+  } else if (::mmap(as_ptr(r.alias), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) ==
+             MAP_FAILED) {
+    failed = "mmap(alias, rw-, MAP_SHARED|MAP_FIXED)";
+    err = errno;
+  }
+  if (fd >= 0) {
+    ::close(fd);
+  }
+  if (failed == nullptr) {
+    return;
+  }
+  // The old alias still reaches the parent's memfd. Replace it with an inaccessible reservation
+  // (or, failing that, remove it) so that no stale pointer can patch the parent.
+  if (::mmap(as_ptr(r.alias), len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+      MAP_FAILED) {
+    ::munmap(as_ptr(r.alias), len);
+  }
+  r.child_failed_call = failed;
+  r.child_failed_errno = err;
+}
+
+void atfork_prepare() {
+  pthread_mutex_lock(&g_registry_mutex);
+}
+
+void atfork_parent() {
+  pthread_mutex_unlock(&g_registry_mutex);
+}
+
+void atfork_child() {
+  const int saved_errno = errno;  // the child's caller of fork() must not see our errors
+  for (Region& r : g_regions) {
+    if (r.live) {
+      reprivatise_in_child(r);
+    }
+  }
+  // The forking thread locked this in prepare and is the child's only thread, so it may unlock.
+  pthread_mutex_unlock(&g_registry_mutex);
+  errno = saved_errno;
+}
+
+// Registers the fork handlers once per process (a forked child inherits them). Not called with
+// g_registry_mutex held: a concurrent fork() holds glibc's handler lock while it runs our prepare
+// handler, which takes g_registry_mutex, so taking them in the other order could deadlock.
+int install_fork_handlers() {
+  static const int result = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+  return result;
+}
+
+// Stores `n` bytes in address order, each store naturally aligned and as wide as alignment and
+// the remaining length allow (8, 4, 2 or 1 bytes), so that an aligned 8-byte site window is
+// replaced by one single-copy-atomic store and a thread executing it sees the old or the new
+// instruction, never a mix. Relaxed atomic builtins rather than plain stores: the compiler may
+// neither tear them nor turn the loop into a call to memcpy.
+void store_code_bytes(std::uintptr_t dst, const std::uint8_t* src, std::size_t n) {
+  // The source may be unaligned. __builtin_memcpy of a constant size is expanded inline at every
+  // optimisation level into one load: no libc call.
+  auto load = [](const std::uint8_t* p, auto zero) {
+    decltype(zero) v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  };
+  while (n > 0) {
+    if ((dst & 7) == 0 && n >= 8) {
+      __atomic_store_n(static_cast<std::uint64_t*>(as_ptr(dst)), load(src, std::uint64_t{}),
+                       __ATOMIC_RELAXED);
+      dst += 8, src += 8, n -= 8;
+    } else if ((dst & 3) == 0 && n >= 4) {
+      __atomic_store_n(static_cast<std::uint32_t*>(as_ptr(dst)), load(src, std::uint32_t{}),
+                       __ATOMIC_RELAXED);
+      dst += 4, src += 4, n -= 4;
+    } else if ((dst & 1) == 0 && n >= 2) {
+      __atomic_store_n(static_cast<std::uint16_t*>(as_ptr(dst)), load(src, std::uint16_t{}),
+                       __ATOMIC_RELAXED);
+      dst += 2, src += 2, n -= 2;
+    } else {
+      __atomic_store_n(static_cast<std::uint8_t*>(as_ptr(dst)), *src, __ATOMIC_RELAXED);
+      dst += 1, src += 1, n -= 1;
+    }
+  }
+  // Orders the code stores before any later store of this thread, such as the flag that tells
+  // other vCPUs to serialise and run the new code (they pair it with an acquire load). On x86
+  // this only stops the compiler from sinking the stores; the CPU keeps stores in order.
+  std::atomic_thread_fence(std::memory_order_release);
+}
+
+class MemfdPoker final : public TextPoker {
+ public:
+  MemfdPoker(std::size_t slot, std::uintptr_t begin, std::uintptr_t end, std::uintptr_t alias)
+      : slot_(slot), begin_(begin), end_(end), alias_(alias) {}
+
+  ~MemfdPoker() override {
+    pthread_mutex_lock(&g_registry_mutex);
+    // The text stays mapped from the memfd (see the top of the file); only the alias goes. Under
+    // the mutex so that a concurrent fork never sees a live region with its alias unmapped.
+    ::munmap(as_ptr(alias_), end_ - begin_);
+    g_regions[slot_] = Region{};
+    pthread_mutex_unlock(&g_registry_mutex);
+  }
+
+  MemfdPoker(const MemfdPoker&) = delete;
+  MemfdPoker& operator=(const MemfdPoker&) = delete;
+
+  PokerKind kind() const override { return PokerKind::kMemfdAlias; }
+  std::uintptr_t begin() const override { return begin_; }
+  std::uintptr_t end() const override { return end_; }
+
+  Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) override {
+    if (bytes.empty()) {
+      return {};
+    }
+    if (address < begin_ || address >= end_ || bytes.size() > end_ - address) {
+      return outside_range(address, bytes.size());
+    }
+    // Only this process's fork child handler writes these fields, before the child runs any
+    // other code, so reading them without the mutex races with nothing.
+    if (g_regions[slot_].child_failed_call != nullptr) {
+      return not_reprivatised();
+    }
+    store_code_bytes(alias_ + (address - begin_), bytes.data(), bytes.size());
+    return {};
+  }
+
+ private:
+  // The refusals build strings, so they live out of line: the path that succeeds makes no call.
+  [[gnu::noinline, gnu::cold]] Status outside_range(std::uintptr_t address,
+                                                    std::size_t size) const {
+    return Error(ErrorCode::kInvalidArgument,
+                 "memfd poker: write of " + std::to_string(size) + " bytes at " + hex(address) +
+                     " is outside its text range " + range_text(begin_, end_) +
+                     "; create the poker over every page that holds sites");
+  }
+
+  [[gnu::noinline, gnu::cold]] Status not_reprivatised() const {
+    const Region& region = g_regions[slot_];
+    return Error(ErrorCode::kSystem,
+                 "memfd poker: after fork() this child could not get a private copy of the text " +
+                     range_text(begin_, end_) + " (" + region.child_failed_call + ": " +
+                     errno_text(region.child_failed_errno) +
+                     "); writing would patch the parent's code, so the write is refused");
+  }
+
+  std::size_t slot_;
+  std::uintptr_t begin_, end_, alias_;
+};
+
+// Checks the page range against /proc/self/maps: it must be plain code, i.e. inside one
+// readable, executable, non-writable mapping. A shared mapping is accepted only if it is one of
+// ours (left behind by a destroyed poker); remapping anybody else's shared file would cut it off
+// from that file.
+Status check_text_mapping(std::uintptr_t begin, std::uintptr_t end) {
+  auto maps = read_proc_maps();
+  if (!maps.ok()) {
+    return maps.status();
+  }
+  const MapEntry* m = find_mapping(maps.value(), begin);
+  if (m == nullptr) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "memfd poker: no mapping contains " + hex(begin) + " (pages " +
+                     range_text(begin, end) + "); pass an address range inside the program text");
+  }
+  if (end > m->end) {
+    return Error(ErrorCode::kInvalidArgument, "memfd poker: pages " + range_text(begin, end) +
+                                                  " are not inside one mapping: the one at " +
+                                                  hex(begin) + " is " + describe_mapping(*m) +
+                                                  "; create one poker per mapping");
+  }
+  if (!m->r || !m->x || m->w) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "memfd poker: pages " + range_text(begin, end) + " lie in " +
+                     describe_mapping(*m) + ", which is not read-execute and non-writable code");
+  }
+  if (m->shared &&
+      std::string_view(m->path).substr(0, kMemfdMapsPrefix.size()) != kMemfdMapsPrefix) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "memfd poker: pages " + range_text(begin, end) + " lie in the shared mapping " +
+                     describe_mapping(*m) + "; only private code mappings can be moved");
+  }
+  return {};
+}
+
+Error system_error(const std::string& call, int err, std::uintptr_t begin, std::uintptr_t end) {
+  return Error(ErrorCode::kSystem, "memfd poker for text " + range_text(begin, end) + ": " + call +
+                                       " failed: " + errno_text(err));
+}
+
+}  // namespace
+
+const char* poker_kind_name(PokerKind kind) {
+  switch (kind) {
+    case PokerKind::kMemfdAlias:
+      return "memfd";
+    case PokerKind::kProcSelfMem:
+      return "procmem";
+  }
+  return "unknown";
+}
+
+Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::uintptr_t last) {
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  const std::uintptr_t page = page_size > 0 ? static_cast<std::uintptr_t>(page_size) : 4096;
+  if (first >= last || last > UINTPTR_MAX - page) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "memfd poker: " + range_text(first, last) + " is not a non-empty address range");
+  }
+  const std::uintptr_t begin = first & ~(page - 1);
+  const std::uintptr_t end = (last + page - 1) & ~(page - 1);
+  const std::size_t len = end - begin;
+
+  if (int err = install_fork_handlers(); err != 0) {
+    return system_error("pthread_atfork", err, begin, end);
+  }
+
+  // Held across the whole setup: a fork from another thread waits, so the child never sees a
+  // region that is registered but not yet remapped, or remapped but not yet registered.
+  pthread_mutex_lock(&g_registry_mutex);
+  struct Unlock {
+    ~Unlock() { pthread_mutex_unlock(&g_registry_mutex); }
+  } unlock;
+
+  std::size_t slot = kMaxRegions;
+  for (std::size_t i = 0; i < kMaxRegions; ++i) {
+    const Region& r = g_regions[i];
+    if (r.live && r.begin < end && begin < r.end) {
+      return Error(ErrorCode::kInvalidArgument, "memfd poker: pages " + range_text(begin, end) +
+                                                    " overlap the live memfd poker over " +
+                                                    range_text(r.begin, r.end) +
+                                                    "; write through that poker instead");
+    }
+    if (!r.live && slot == kMaxRegions) {
+      slot = i;
+    }
+  }
+  if (slot == kMaxRegions) {
+    return Error(ErrorCode::kUnsupported,
+                 "memfd poker: " + std::to_string(kMaxRegions) +
+                     " memfd pokers are already live; cover adjacent pages with one poker");
+  }
+  if (Status s = check_text_mapping(begin, end); !s.ok()) {
+    return s.error();
+  }
+
+  int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
+  if (fd < 0) {
+    return system_error("memfd_create(\"repatch-text\", MFD_CLOEXEC)", errno, begin, end);
+  }
+  struct Close {
+    int fd;
+    // The mappings keep the memfd alive; the descriptor itself is not needed after setup.
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+
+  if (::ftruncate(fd, static_cast<off_t>(len)) != 0) {
+    return system_error("ftruncate(memfd, " + std::to_string(len) + ")", errno, begin, end);
+  }
+  if (int err = copy_text_into(fd, begin, len); err != 0) {
+    return system_error("pwrite(memfd) copying the text", err, begin, end);
+  }
+  // The alias first: if it cannot be made, the text has not been touched yet.
+  void* alias = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (alias == MAP_FAILED) {
+    return system_error("mmap(rw-, MAP_SHARED) of the alias", errno, begin, end);
+  }
+  if (std::memcmp(alias, as_ptr(begin), len) != 0) {
+    ::munmap(alias, len);
+    return Error(ErrorCode::kSystem, "memfd poker for text " + range_text(begin, end) +
+                                         ": the memfd copy differs from the text; was the text "
+                                         "written while the poker was being set up?");
+  }
+  // The one step that touches live text. Replacing r-x file pages by r-x memfd pages holding the
+  // same bytes, in one call, so the code is executable at every instant.
+  if (::mmap(as_ptr(begin), len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
+      MAP_FAILED) {
+    int err = errno;
+    ::munmap(alias, len);
+    return system_error("mmap(r-x, MAP_SHARED|MAP_FIXED) over the text", err, begin, end);
+  }
+
+  const auto alias_addr = reinterpret_cast<std::uintptr_t>(alias);
+  g_regions[slot] = Region{.live = true, .begin = begin, .end = end, .alias = alias_addr};
+  return std::unique_ptr<TextPoker>(new MemfdPoker(slot, begin, end, alias_addr));
+}
+
+}  // namespace repatch::x86
