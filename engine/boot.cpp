@@ -30,10 +30,12 @@ std::atomic<Engine*> g_engine{nullptr};
 // Threads of this process, from /proc/self/task; 0 if it cannot be read.
 int thread_count() {
   DIR* dir = opendir("/proc/self/task");
-  if (dir == nullptr) return 0;
+  if (dir == nullptr)
+    return 0;
   int n = 0;
   while (dirent* e = readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
+    if (e->d_name[0] != '.')
+      ++n;
   }
   closedir(dir);
   return n;
@@ -45,14 +47,16 @@ Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog&
   std::vector<bool> named(catalog.groups().size(), false);
   for (const GroupChoice& choice : options.initial) {
     Result<engine::GroupIndex> g = catalog.find_group(choice.group);
-    if (!g.ok()) return g.error();
+    if (!g.ok())
+      return g.error();
     if (named[g.value()]) {
       return Error(ErrorCode::kInvalidArgument,
                    "group '" + choice.group + "' is given an initial variant twice");
     }
     named[g.value()] = true;
     Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
-    if (!v.ok()) return v.error();
+    if (!v.ok())
+      return v.error();
     variants[g.value()] = v.value();
   }
   return variants;
@@ -76,9 +80,11 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
     // fill some site is refused at boot rather than at the first switch to it.
     for (engine::VariantIndex other = 0; other < catalog.op(entry.op).variants.size(); ++other) {
       Result<x86::Image> image = engine::site_image(catalog, table, entry, other);
-      if (!image.ok()) return image.error();
+      if (!image.ok())
+        return image.error();
       // Sites that stay indirect already hold their image.
-      if (other == v) writes.push_back({&entry, image.value(), v});
+      if (other == v)
+        writes.push_back({&entry, image.value(), v});
     }
   }
   return writes;
@@ -86,8 +92,10 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
 
 Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
                                                     const engine::SiteTable& table) {
-  if (table.entries().empty()) return std::unique_ptr<x86::TextPoker>();
-  if (writer == TextWriter::kProcSelfMem) return x86::make_procmem_poker();
+  if (table.entries().empty())
+    return std::unique_ptr<x86::TextPoker>();
+  if (writer == TextWriter::kProcSelfMem)
+    return x86::make_procmem_poker();
   return x86::make_memfd_poker(table.base(), table.limit());
 }
 
@@ -104,22 +112,27 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
 
   // First step.
   Result<engine::Catalog> catalog = engine::Catalog::build(engine::program_descriptors());
-  if (!catalog.ok()) return catalog.error();
+  if (!catalog.ok())
+    return catalog.error();
   impl->catalog = std::move(catalog).value();
   Result<engine::SiteTable> table =
       engine::SiteTable::build(engine::program_site_records(), impl->catalog);
-  if (!table.ok()) return table.error();
+  if (!table.ok())
+    return table.error();
   impl->table = std::move(table).value();
 
   // Second and third steps.
   Result<std::vector<engine::VariantIndex>> target = resolve_initial(impl->catalog, options);
-  if (!target.ok()) return target.error();
+  if (!target.ok())
+    return target.error();
   Result<std::vector<SiteWrite>> writes = plan_boot(impl->catalog, impl->table, target.value());
-  if (!writes.ok()) return writes.error();
+  if (!writes.ok())
+    return writes.error();
 
   // Fourth step.
   Result<std::unique_ptr<x86::TextPoker>> poker = make_writer(options.writer, impl->table);
-  if (!poker.ok()) return poker.error();
+  if (!poker.ok())
+    return poker.error();
   impl->poker = std::move(poker).value();
   impl->writer = options.writer == TextWriter::kProcSelfMem ? x86::PokerKind::kProcSelfMem
                                                             : x86::PokerKind::kMemfdAlias;
@@ -128,11 +141,10 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   for (const SiteWrite& w : writes.value()) {
     const std::uintptr_t address = impl->table.address(*w.entry);
     if (Status s = impl->poker->write(address, w.image.view()); !s.ok()) {
-      return Error(s.error().code(), "boot could not write " +
-                                         engine::describe_site(impl->catalog, impl->table,
-                                                               *w.entry) +
-                                         ": " + s.error().message() +
-                                         " (sites written before it keep their new image)");
+      return Error(s.error().code(),
+                   "boot could not write " +
+                       engine::describe_site(impl->catalog, impl->table, *w.entry) + ": " +
+                       s.error().message() + " (sites written before it keep their new image)");
     }
     w.entry->variant.store(w.variant, std::memory_order_relaxed);
   }
@@ -167,6 +179,8 @@ Result<Engine*> Engine::boot(const BootOptions& options) {
   return engine;
 }
 
-Engine* Engine::get() { return g_engine.load(std::memory_order_acquire); }
+Engine* Engine::get() {
+  return g_engine.load(std::memory_order_acquire);
+}
 
 }  // namespace repatch

@@ -14,7 +14,8 @@ namespace {
 // " <thunk_name>" for a disassembled direct call, so that a person sees where a site goes.
 std::string call_target_name(const std::string& instruction) {
   const auto at = instruction.find("call 0x");
-  if (at == std::string::npos) return "";
+  if (at == std::string::npos)
+    return "";
   const std::uintptr_t target = std::strtoull(instruction.c_str() + at + 5, nullptr, 16);
   const std::string name = engine::symbolizer().name(target);
   return name.empty() ? "" : " <" + name + ">";
@@ -62,14 +63,14 @@ EngineStatus Engine::status() const {
     out.text_begin = impl_->poker->begin();
     out.text_end = impl_->poker->end();
   }
-  out.sync_core =
-      x86::sync_core_method() == x86::SyncCoreMethod::kSerialize ? "serialize" : "iret";
+  out.sync_core = x86::sync_core_method() == x86::SyncCoreMethod::kSerialize ? "serialize" : "iret";
   return out;
 }
 
 Result<std::string> Engine::current_variant(std::string_view group) const {
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
-  if (!g.ok()) return g.error();
+  if (!g.ok())
+    return g.error();
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
 }
 
@@ -82,6 +83,8 @@ Status Engine::verify_sites() const {
   return {};
 }
 
-std::size_t Engine::bytes_per_site() { return engine::SiteTable::bytes_per_site(); }
+std::size_t Engine::bytes_per_site() {
+  return engine::SiteTable::bytes_per_site();
+}
 
 }  // namespace repatch

@@ -26,6 +26,8 @@ const char* error_code_name(ErrorCode code) {
   return "unknown";
 }
 
-std::string Error::to_string() const { return std::string(error_code_name(code_)) + ": " + message_; }
+std::string Error::to_string() const {
+  return std::string(error_code_name(code_)) + ": " + message_;
+}
 
 }  // namespace repatch

@@ -39,8 +39,8 @@ Result<x86::Image> site_image(const Catalog& catalog, const SiteTable& table,
           {variant.fragment, static_cast<std::size_t>(variant.fragment_end - variant.fragment)},
           from, site, entry.length);
     } else {
-      image = x86::encode_call(site, reinterpret_cast<std::uintptr_t>(variant.callable),
-                               entry.length);
+      image =
+          x86::encode_call(site, reinterpret_cast<std::uintptr_t>(variant.callable), entry.length);
     }
   }
   if (!image.ok()) {
@@ -55,9 +55,11 @@ Status check_site_holds_current(const Catalog& catalog, const SiteTable& table,
                                 const SiteEntry& entry) {
   const VariantIndex current = entry.variant.load(std::memory_order_relaxed);
   Result<x86::Image> expected = site_image(catalog, table, entry, current);
-  if (!expected.ok()) return expected.error();
+  if (!expected.ok())
+    return expected.error();
   const auto actual = site_bytes(table, entry);
-  if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0) return {};
+  if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0)
+    return {};
   const GroupIndex g = catalog.op(entry.op).group;
   return Error(ErrorCode::kForeignWrite,
                describe_site(catalog, table, entry) + " holds [" + hex_bytes(actual) + "] (" +

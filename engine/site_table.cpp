@@ -6,10 +6,10 @@
 #include "engine/format.h"
 
 extern "C" {
-extern __attribute__((weak, visibility("hidden"))) const repatch::abi::SiteRecord
-    __start_repatch_sites[];
-extern __attribute__((weak, visibility("hidden"))) const repatch::abi::SiteRecord
-    __stop_repatch_sites[];
+extern __attribute__((weak, visibility("hidden")))
+const repatch::abi::SiteRecord __start_repatch_sites[];
+extern __attribute__((weak, visibility("hidden")))
+const repatch::abi::SiteRecord __stop_repatch_sites[];
 }
 
 namespace repatch::engine {
@@ -40,7 +40,8 @@ const abi::OpDesc* record_op(const abi::SiteRecord& record) {
 std::span<const abi::SiteRecord> program_site_records() {
   const abi::SiteRecord* begin = __start_repatch_sites;
   const abi::SiteRecord* end = __stop_repatch_sites;
-  if (begin == nullptr || end <= begin) return {};
+  if (begin == nullptr || end <= begin)
+    return {};
   return {begin, static_cast<std::size_t>(end - begin)};
 }
 
@@ -59,8 +60,8 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
                         op.error().message());
     }
     const CatalogOp& entry = catalog.op(op.value());
-    sites.push_back({record_site_address(record), op.value(), entry.group,
-                     entry.desc->site_length});
+    sites.push_back(
+        {record_site_address(record), op.value(), entry.group, entry.desc->site_length});
   }
 
   // First step: by address, to find duplicates and overlaps.
@@ -76,9 +77,9 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
                         prev_name + "' and '" + cur_name + "')");
     }
     if (cur.address < prev.address + prev.length) {
-      return bad_record("the site of '" + cur_name + "' at " + hex(cur.address) +
-                        " overlaps the " + std::to_string(prev.length) + "-byte site of '" +
-                        prev_name + "' at " + hex(prev.address));
+      return bad_record("the site of '" + cur_name + "' at " + hex(cur.address) + " overlaps the " +
+                        std::to_string(prev.length) + "-byte site of '" + prev_name + "' at " +
+                        hex(prev.address));
     }
   }
 
@@ -107,7 +108,8 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
   }
   for (std::size_t i = 0, g = 0; g < table.runs_.size(); ++g) {
     table.runs_[g].begin = static_cast<std::uint32_t>(i);
-    while (i < sites.size() && sites[i].group == g) ++i;
+    while (i < sites.size() && sites[i].group == g)
+      ++i;
     table.runs_[g].end = static_cast<std::uint32_t>(i);
   }
   return table;
@@ -122,7 +124,8 @@ std::span<const SiteEntry> SiteTable::group_sites(GroupIndex g) const {
 }
 
 const SiteEntry* SiteTable::find(std::uintptr_t address) const {
-  if (address < base_ || address >= limit_) return nullptr;
+  if (address < base_ || address >= limit_)
+    return nullptr;
   const auto offset = static_cast<std::uint32_t>(address - base_);
   // One binary search per group run; groups are few. Nothing here allocates or locks.
   for (const Run& run : runs_) {
@@ -130,9 +133,11 @@ const SiteEntry* SiteTable::find(std::uintptr_t address) const {
     const SiteEntry* last = entries_.get() + run.end;
     const SiteEntry* it = std::upper_bound(
         first, last, offset, [](std::uint32_t off, const SiteEntry& e) { return off < e.offset; });
-    if (it == first) continue;
+    if (it == first)
+      continue;
     --it;
-    if (offset < it->offset + it->length) return it;
+    if (offset < it->offset + it->length)
+      return it;
   }
   return nullptr;
 }

@@ -9,8 +9,8 @@
 #define REPATCH_ENGINE_SITE_TABLE_H_
 
 #include <atomic>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 

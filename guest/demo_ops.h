@@ -46,9 +46,13 @@ REPATCH_DECLARE_OP(demo_clock_read, 10);
 
 namespace repatch::demo {
 
-inline void lock_acquire(Lock* lock) { REPATCH_SITE(demo_lock_acquire, , "D"(lock)); }
+inline void lock_acquire(Lock* lock) {
+  REPATCH_SITE(demo_lock_acquire, , "D"(lock));
+}
 
-inline void lock_release(Lock* lock) { REPATCH_SITE(demo_lock_release, , "D"(lock)); }
+inline void lock_release(Lock* lock) {
+  REPATCH_SITE(demo_lock_release, , "D"(lock));
+}
 
 inline bool vcpu_is_preempted(std::uint64_t cpu) {
   std::uint32_t preempted;

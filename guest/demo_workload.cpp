@@ -9,10 +9,16 @@ __attribute__((noinline)) void locked_increment(Lock* lock, std::uint64_t* count
   lock_release(lock);
 }
 
-__attribute__((noinline)) bool owner_preempted(std::uint64_t cpu) { return vcpu_is_preempted(cpu); }
+__attribute__((noinline)) bool owner_preempted(std::uint64_t cpu) {
+  return vcpu_is_preempted(cpu);
+}
 
-__attribute__((noinline)) std::uint32_t read_clock() { return clock_read(); }
+__attribute__((noinline)) std::uint32_t read_clock() {
+  return clock_read();
+}
 
-__attribute__((noinline)) void release(Lock* lock) { lock_release(lock); }
+__attribute__((noinline)) void release(Lock* lock) {
+  lock_release(lock);
+}
 
 }  // namespace repatch::demo

@@ -51,7 +51,8 @@ int parse(int argc, char** argv, Options& options) {
       options.json = true;
     } else if (arg == "--set") {
       const char* value = next("--set");
-      if (value == nullptr) return 2;
+      if (value == nullptr)
+        return 2;
       const char* eq = std::strchr(value, '=');
       if (eq == nullptr || eq == value || eq[1] == '\0') {
         std::fprintf(stderr, "repatch status: --set wants GROUP=VARIANT, got '%s'\n", value);
@@ -60,7 +61,8 @@ int parse(int argc, char** argv, Options& options) {
       options.boot.initial.push_back({std::string(value, eq), std::string(eq + 1)});
     } else if (arg == "--writer") {
       const char* value = next("--writer");
-      if (value == nullptr) return 2;
+      if (value == nullptr)
+        return 2;
       if (std::string_view(value) == "memfd") {
         options.boot.writer = TextWriter::kMemfdAlias;
       } else if (std::string_view(value) == "procmem") {
@@ -89,13 +91,15 @@ void print_text(const EngineStatus& s) {
   std::printf("%-16s %-10s %-22s %4s %6s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES");
   for (const GroupStatus& g : s.groups) {
     std::string variants;
-    for (const std::string& v : g.variants) variants += (variants.empty() ? "" : ",") + v;
-    if (g.interchangeable) variants += " (any time)";
+    for (const std::string& v : g.variants)
+      variants += (variants.empty() ? "" : ",") + v;
+    if (g.interchangeable)
+      variants += " (any time)";
     std::printf("%-16s %-10s %-22s %4zu %6zu\n", g.name.c_str(), g.variant.c_str(),
                 variants.c_str(), g.ops, g.sites);
   }
-  std::printf("\n%-18s %-24s %3s %-9s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT",
-              "INSTRUCTION", "IN");
+  std::printf("\n%-18s %-24s %3s %-9s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT", "INSTRUCTION",
+              "IN");
   for (const SiteStatus& site : s.sites) {
     std::printf("%-18s %-24s %3u %-9s %-60s %s\n", engine::hex(site.address).c_str(),
                 site.op.c_str(), static_cast<unsigned>(site.length), site.variant.c_str(),
@@ -118,7 +122,8 @@ void print_json(const EngineStatus& s) {
     j.key("name").value(g.name);
     j.key("variant").value(g.variant);
     j.key("variants").begin_array();
-    for (const std::string& v : g.variants) j.value(v);
+    for (const std::string& v : g.variants)
+      j.value(v);
     j.end_array();
     j.key("interchangeable").value(g.interchangeable);
     j.key("ops").value(static_cast<std::uint64_t>(g.ops));
@@ -146,11 +151,14 @@ void print_json(const EngineStatus& s) {
 
 }  // namespace
 
-const char* status_usage() { return kUsage; }
+const char* status_usage() {
+  return kUsage;
+}
 
 int status_command(int argc, char** argv) {
   Options options;
-  if (int rc = parse(argc, argv, options); rc != 0) return rc < 0 ? 0 : rc;
+  if (int rc = parse(argc, argv, options); rc != 0)
+    return rc < 0 ? 0 : rc;
   Result<Engine*> engine = Engine::boot(options.boot);
   if (!engine.ok()) {
     std::fprintf(stderr, "repatch status: boot failed: %s\n", engine.error().to_string().c_str());

@@ -28,7 +28,7 @@ inline constexpr std::uint32_t kKvmFeaturePvSchedYield = 1u << 13;
 inline constexpr std::uint32_t kKvmHintRealtime = 1u << 0;
 
 struct CpuInfo {
-  std::string vendor;  ///< "GenuineIntel", "AuthenticAMD", ...
+  std::string vendor;       ///< "GenuineIntel", "AuthenticAMD", ...
   bool serialize = false;   ///< CPUID.(7,0):EDX[14]: the SERIALIZE instruction.
   bool rdpid = false;       ///< CPUID.(7,0):ECX[22]
   bool rtm = false;         ///< CPUID.(7,0):EBX[11]

@@ -34,8 +34,8 @@ struct Image {
 
   std::span<const std::uint8_t> view() const { return {bytes.data(), length}; }
   friend bool operator==(const Image& a, const Image& b) {
-    return a.length == b.length && std::equal(a.bytes.begin(), a.bytes.begin() + a.length,
-                                              b.bytes.begin());
+    return a.length == b.length &&
+           std::equal(a.bytes.begin(), a.bytes.begin() + a.length, b.bytes.begin());
   }
 };
 
@@ -60,11 +60,11 @@ Status verify_site_image(std::span<const std::uint8_t> bytes, std::uintptr_t add
 Result<Image> relocate_to_site(std::span<const std::uint8_t> fragment, std::uintptr_t from,
                                std::uintptr_t to, std::size_t site_length);
 
-/// Checks that the fragment of an inline variant, assembled at `address`, leaves the stack alone: no
-/// explicit or implicit use of %rsp (PUSH, POP, an operand based on %rsp) other than a CALL, which
-/// returns. The variant's callable form runs the fragment one return address lower than a site
-/// does, so a stack-relative operand would mean two different things. Fails with kBadImage naming
-/// the instruction, or when the bytes are not one instruction.
+/// Checks that the fragment of an inline variant, assembled at `address`, leaves the stack alone:
+/// no explicit or implicit use of %rsp (PUSH, POP, an operand based on %rsp) other than a CALL,
+/// which returns. The variant's callable form runs the fragment one return address lower than a
+/// site does, so a stack-relative operand would mean two different things. Fails with kBadImage
+/// naming the instruction, or when the bytes are not one instruction.
 Status verify_stack_neutral(std::span<const std::uint8_t> fragment, std::uintptr_t address);
 
 /// The image of `call target` (E8 rel32) for a site at `site` that is `site_length` bytes long,

@@ -16,8 +16,12 @@ REPATCH_DECLARE_OP(counter_note, 8);
 extern "C" {
 std::uint64_t plain_notes = 0;
 std::uint64_t atomic_notes = 0;
-void note_plain() { ++plain_notes; }
-void note_atomic() { __atomic_fetch_add(&atomic_notes, 1, __ATOMIC_RELAXED); }
+void note_plain() {
+  ++plain_notes;
+}
+void note_atomic() {
+  __atomic_fetch_add(&atomic_notes, 1, __ATOMIC_RELAXED);
+}
 }
 
 // The counter group: a plain increment for one CPU, a locked one for many. Both ops switch
@@ -48,7 +52,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::uint64_t value = 0;
-  for (int i = 0; i < 1000; ++i) count(&value);
+  for (int i = 0; i < 1000; ++i)
+    count(&value);
 
   const bool atomic = std::strcmp(argv[1], "atomic") == 0;
   const repatch::EngineStatus status = engine.value()->status();
@@ -56,8 +61,8 @@ int main(int argc, char** argv) {
     std::printf("%-13s %-7s %s\n", site.op.c_str(), site.variant.c_str(), site.instruction.c_str());
   }
   const bool ok = value == 1000 && (atomic ? atomic_notes : plain_notes) == 1000 &&
-                  (atomic ? plain_notes : atomic_notes) == 0 &&
-                  status.sites.size() == 2 && status.sites[0].variant == argv[1];
+                  (atomic ? plain_notes : atomic_notes) == 0 && status.sites.size() == 2 &&
+                  status.sites[0].variant == argv[1];
   std::printf("consumer: %s variant, value %llu, notes plain %llu atomic %llu: %s\n", argv[1],
               static_cast<unsigned long long>(value), static_cast<unsigned long long>(plain_notes),
               static_cast<unsigned long long>(atomic_notes), ok ? "ok" : "WRONG");

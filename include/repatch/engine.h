@@ -65,7 +65,7 @@ struct SiteStatus {
 
 struct EngineStatus {
   std::vector<GroupStatus> groups;
-  std::vector<SiteStatus> sites;  ///< by address
+  std::vector<SiteStatus> sites;   ///< by address
   std::size_t bytes_per_site = 0;  ///< retained table bytes per site
   std::size_t retained_bytes = 0;  ///< the whole retained table, per-group overhead included
   std::string writer;              ///< "memfd" or "procmem"
@@ -115,7 +115,9 @@ class Engine {
 };
 
 /// Same as Engine::boot().
-inline Result<Engine*> boot(const BootOptions& options = {}) { return Engine::boot(options); }
+inline Result<Engine*> boot(const BootOptions& options = {}) {
+  return Engine::boot(options);
+}
 
 }  // namespace repatch
 

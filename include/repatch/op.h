@@ -63,8 +63,8 @@ struct GroupDesc {
 struct OpDesc {
   const char* name;
   const GroupDesc* group;
-  void** slot;                 ///< target of the unpatched `call *slot(%rip)`
-  std::uint8_t site_length;    ///< every site of this op is this long
+  void** slot;               ///< target of the unpatched `call *slot(%rip)`
+  std::uint8_t site_length;  ///< every site of this op is this long
 };
 
 enum class VariantKind : std::uint8_t { kInline = 1, kCall = 2 };
@@ -112,33 +112,33 @@ static_assert(sizeof(SiteRecord) == 8);
 
 /// Defines group `group` with `flags` (0 or abi::kGroup* bits) and its variant names; the first is
 /// the default, the variant every site runs before boot().
-#define REPATCH_DEFINE_GROUP(group, flags, ...)                                               \
-  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                 \
-  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                       \
-      #group, repatch_group_variants_##group,                                                \
-      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]),    \
-      (flags)};                                                                              \
+#define REPATCH_DEFINE_GROUP(group, flags, ...)                                           \
+  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};              \
+  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                    \
+      #group, repatch_group_variants_##group,                                             \
+      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]), \
+      (flags)};                                                                           \
   REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
 
 // ---- ops -------------------------------------------------------------------------------------
 
 /// Declares op `op` whose sites are `length` bytes (6 to 15: the unpatched indirect call needs 6).
-#define REPATCH_DECLARE_OP(op, length)                                        \
-  extern "C" REPATCH_DETAIL_HIDDEN void* repatch_slot_##op;                   \
+#define REPATCH_DECLARE_OP(op, length)                                           \
+  extern "C" REPATCH_DETAIL_HIDDEN void* repatch_slot_##op;                      \
   extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::OpDesc repatch_op_##op; \
-  inline constexpr std::uint8_t repatch_op_length_##op = (length);            \
-  static_assert((length) >= 6 && (length) <= 15,                              \
+  inline constexpr std::uint8_t repatch_op_length_##op = (length);               \
+  static_assert((length) >= 6 && (length) <= 15,                                 \
                 "a site holds one instruction: 6 (indirect call) to 15 bytes")
 
 /// Defines op `op` (declared with REPATCH_DECLARE_OP) in group `group`. `default_variant` must be
 /// the group's first variant: the op slot starts at its callable, so unpatched sites run it.
-#define REPATCH_DEFINE_OP(op, group, default_variant)                                       \
-  extern "C" void repatch_callable_##op##__##default_variant();                             \
-  extern "C" {                                                                              \
+#define REPATCH_DEFINE_OP(op, group, default_variant)                                             \
+  extern "C" void repatch_callable_##op##__##default_variant();                                   \
+  extern "C" {                                                                                    \
   void* repatch_slot_##op = reinterpret_cast<void*>(&repatch_callable_##op##__##default_variant); \
-  }                                                                                         \
-  extern "C" const ::repatch::abi::OpDesc repatch_op_##op = {                               \
-      #op, &repatch_group_##group, &repatch_slot_##op, repatch_op_length_##op};             \
+  }                                                                                               \
+  extern "C" const ::repatch::abi::OpDesc repatch_op_##op = {                                     \
+      #op, &repatch_group_##group, &repatch_slot_##op, repatch_op_length_##op};                   \
   REPATCH_DETAIL_REGISTER(ops, OpDesc, repatch_op_##op)
 
 // ---- variants --------------------------------------------------------------------------------
@@ -146,43 +146,53 @@ static_assert(sizeof(SiteRecord) == 8);
 /// Variant `variant` of `op` is the single instruction `insn` (AT&T syntax), copied into every site
 /// and padded with CS prefixes. RIP-relative operands are relocated. The instruction must not
 /// address the stack: its callable form (insn; ret) runs with %rsp 8 bytes lower.
-#define REPATCH_INLINE_VARIANT(op, variant, insn)                                                 \
-  asm(".pushsection repatch_fragments, \"a\"\n"                                                   \
-      ".hidden repatch_fragment_" #op "__" #variant "\n"                                          \
-      ".hidden repatch_fragment_end_" #op "__" #variant "\n"                                      \
-      "repatch_fragment_" #op "__" #variant ":\n\t" insn "\n"                                     \
-      "repatch_fragment_end_" #op "__" #variant ":\n"                                             \
-      ".popsection\n"                                                                             \
-      ".pushsection .text.repatch_callable, \"ax\", @progbits\n"                                  \
-      ".globl repatch_callable_" #op "__" #variant "\n"                                           \
-      ".hidden repatch_callable_" #op "__" #variant "\n"                                          \
-      ".type repatch_callable_" #op "__" #variant ", @function\n"                                 \
-      "repatch_callable_" #op "__" #variant ":\n\t" insn "\n\tret\n"                              \
-      ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant "\n" \
-      ".popsection\n");                                                                           \
-  extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                             \
-  extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                         \
-  extern "C" void repatch_callable_##op##__##variant();                                           \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {              \
-      &repatch_op_##op,                                                                           \
-      #variant,                                                                                   \
-      ::repatch::abi::VariantKind::kInline,                                                       \
-      repatch_fragment_##op##__##variant,                                                         \
-      repatch_fragment_end_##op##__##variant,                                                     \
-      &repatch_callable_##op##__##variant};                                                       \
+#define REPATCH_INLINE_VARIANT(op, variant, insn)                                             \
+  asm(".pushsection repatch_fragments, \"a\"\n"                                               \
+      ".hidden repatch_fragment_" #op "__" #variant                                           \
+      "\n"                                                                                    \
+      ".hidden repatch_fragment_end_" #op "__" #variant                                       \
+      "\n"                                                                                    \
+      "repatch_fragment_" #op "__" #variant ":\n\t" insn                                      \
+      "\n"                                                                                    \
+      "repatch_fragment_end_" #op "__" #variant                                               \
+      ":\n"                                                                                   \
+      ".popsection\n"                                                                         \
+      ".pushsection .text.repatch_callable, \"ax\", @progbits\n"                              \
+      ".globl repatch_callable_" #op "__" #variant                                            \
+      "\n"                                                                                    \
+      ".hidden repatch_callable_" #op "__" #variant                                           \
+      "\n"                                                                                    \
+      ".type repatch_callable_" #op "__" #variant                                             \
+      ", @function\n"                                                                         \
+      "repatch_callable_" #op "__" #variant ":\n\t" insn                                      \
+      "\n\tret\n"                                                                             \
+      ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant \
+      "\n"                                                                                    \
+      ".popsection\n");                                                                       \
+  extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                         \
+  extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                     \
+  extern "C" void repatch_callable_##op##__##variant();                                       \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {          \
+      &repatch_op_##op,                                                                       \
+      #variant,                                                                               \
+      ::repatch::abi::VariantKind::kInline,                                                   \
+      repatch_fragment_##op##__##variant,                                                     \
+      repatch_fragment_end_##op##__##variant,                                                 \
+      &repatch_callable_##op##__##variant};                                                   \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
 
 /// Variant `variant` of `op` is `call target`, where `target` is an extern "C" function that keeps
 /// the op ABI (hand-written assembly, or a REPATCH_CALLEE_SAVE_THUNK).
-#define REPATCH_CALL_VARIANT(op, variant, target)                                      \
-  extern "C" void target();                                                            \
-  asm(".globl repatch_callable_" #op "__" #variant "\n"                                \
-      ".hidden repatch_callable_" #op "__" #variant "\n"                               \
-      ".set repatch_callable_" #op "__" #variant ", " #target "\n");                   \
-  extern "C" void repatch_callable_##op##__##variant();                                \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {   \
-      &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr, \
-      &target};                                                                        \
+#define REPATCH_CALL_VARIANT(op, variant, target)                                                 \
+  extern "C" void target();                                                                       \
+  asm(".globl repatch_callable_" #op "__" #variant                                                \
+      "\n"                                                                                        \
+      ".hidden repatch_callable_" #op "__" #variant                                               \
+      "\n"                                                                                        \
+      ".set repatch_callable_" #op "__" #variant ", " #target "\n");                              \
+  extern "C" void repatch_callable_##op##__##variant();                                           \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {              \
+      &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr, &target}; \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
 
 // ---- callee-save thunks ----------------------------------------------------------------------
@@ -198,61 +208,69 @@ static_assert(sizeof(SiteRecord) == 8);
 /// Defines `thunk`, an extern "C" function with the op ABI that calls the ordinary extern "C"
 /// function `function` with the op's arguments (%rdi, %rsi, %rdx, %rcx, %r8, %r9 pass through).
 /// `result` is `value` when the op returns its result in %rax, `void` when it returns nothing (then
-/// %rax is preserved too). The thunk aligns the stack for `function`, whatever %rsp was at the site.
-#define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                              \
-  extern "C" void thunk();                                                              \
-  asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                          \
-      ".globl " #thunk "\n"                                                             \
-      ".hidden " #thunk "\n"                                                            \
-      ".type " #thunk ", @function\n" #thunk ":\n"                                      \
-      "\t.cfi_startproc\n"                                                              \
-      "\tpush %rbp\n"                                                                   \
-      "\t.cfi_def_cfa_offset 16\n"                                                      \
-      "\t.cfi_offset %rbp, -16\n"                                                       \
-      "\tmov %rsp, %rbp\n"                                                              \
-      "\t.cfi_def_cfa_register %rbp\n" REPATCH_DETAIL_THUNK_SAVE_RAX_##result           \
-      "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                            \
-      "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                              \
-      "\tand $-16, %rsp\n"                                                              \
-      "\tcall " #function "@PLT\n"                                                      \
-      "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result "(%rbp), %rsp\n"                    \
-      "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                  \
+/// %rax is preserved too). The thunk aligns the stack for `function`, whatever %rsp was at the
+/// site.
+#define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                                         \
+  extern "C" void thunk();                                                                         \
+  asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                                     \
+      ".globl " #thunk                                                                             \
+      "\n"                                                                                         \
+      ".hidden " #thunk                                                                            \
+      "\n"                                                                                         \
+      ".type " #thunk ", @function\n" #thunk                                                       \
+      ":\n"                                                                                        \
+      "\t.cfi_startproc\n"                                                                         \
+      "\tpush %rbp\n"                                                                              \
+      "\t.cfi_def_cfa_offset 16\n"                                                                 \
+      "\t.cfi_offset %rbp, -16\n"                                                                  \
+      "\tmov %rsp, %rbp\n"                                                                         \
+      "\t.cfi_def_cfa_register %rbp\n" REPATCH_DETAIL_THUNK_SAVE_RAX_##result                      \
+      "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                                       \
+      "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                                         \
+      "\tand $-16, %rsp\n"                                                                         \
+      "\tcall " #function                                                                          \
+      "@PLT\n"                                                                                     \
+      "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result                                                \
+      "(%rbp), %rsp\n"                                                                             \
+      "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                             \
       "\tpop %rdi\n\tpop %rsi\n\tpop %rdx\n\tpop %rcx\n" REPATCH_DETAIL_THUNK_RESTORE_RAX_##result \
-      "\tpop %rbp\n"                                                                    \
-      "\t.cfi_def_cfa %rsp, 8\n"                                                        \
-      "\tret\n"                                                                         \
-      "\t.cfi_endproc\n"                                                                \
-      ".size " #thunk ", . - " #thunk "\n"                                              \
+      "\tpop %rbp\n"                                                                               \
+      "\t.cfi_def_cfa %rsp, 8\n"                                                                   \
+      "\tret\n"                                                                                    \
+      "\t.cfi_endproc\n"                                                                           \
+      ".size " #thunk ", . - " #thunk                                                              \
+      "\n"                                                                                         \
       ".popsection\n")
 
 // ---- sites -----------------------------------------------------------------------------------
 
 // The clobbers of every site: what the op ABI does not preserve.
-#define REPATCH_DETAIL_SITE_CLOBBERS                                                          \
-  "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", \
-      "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+#define REPATCH_DETAIL_SITE_CLOBBERS                                                              \
+  "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
+      "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
 
 /// A site of `op`: emits the unpatched instruction (`call *repatch_slot_<op>(%rip)`, padded to the
 /// op's length) and its record. `outputs` are asm output operands (may be empty, e.g. `"=a"(r)`);
 /// the rest are input operands, e.g. `"D"(lock)`. Use inside an inline function per op.
-#define REPATCH_SITE(op, outputs, ...)                                                      \
-  asm inline volatile(                                                                      \
-      "661:\n\t"                                                                            \
-      ".fill %c[repatch_pad], 1, 0x2e\n\t"                                                  \
-      "call *%P[repatch_slot](%%rip)\n"                                                     \
-      "662:\n\t"                                                                            \
-      ".if (662b - 661b) - %c[repatch_len]\n\t"                                             \
-      ".error \"repatch: site of " #op " is not exactly its op's length\"\n\t"              \
-      ".endif\n\t"                                                                          \
-      ".pushsection repatch_sites, \"a\"\n\t"                                               \
-      ".balign 4\n\t"                                                                       \
-      ".long 661b - .\n\t"                                                                  \
-      ".long %P[repatch_op] - .\n\t"                                                        \
-      ".popsection"                                                                         \
-      : outputs                                                                             \
-      : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op),         \
-        [repatch_pad] "i"(repatch_op_length_##op - 6),                                      \
-        [repatch_len] "i"(repatch_op_length_##op)__VA_OPT__(, ) __VA_ARGS__                 \
+#define REPATCH_SITE(op, outputs, ...)                                              \
+  asm inline volatile(                                                              \
+      "661:\n\t"                                                                    \
+      ".fill %c[repatch_pad], 1, 0x2e\n\t"                                          \
+      "call *%P[repatch_slot](%%rip)\n"                                             \
+      "662:\n\t"                                                                    \
+      ".if (662b - 661b) - %c[repatch_len]\n\t"                                     \
+      ".error \"repatch: site of " #op                                              \
+      " is not exactly its op's length\"\n\t"                                       \
+      ".endif\n\t"                                                                  \
+      ".pushsection repatch_sites, \"a\"\n\t"                                       \
+      ".balign 4\n\t"                                                               \
+      ".long 661b - .\n\t"                                                          \
+      ".long %P[repatch_op] - .\n\t"                                                \
+      ".popsection"                                                                 \
+      : outputs                                                                     \
+      : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op), \
+        [repatch_pad] "i"(repatch_op_length_##op - 6),                              \
+        [repatch_len] "i"(repatch_op_length_##op)__VA_OPT__(, ) __VA_ARGS__         \
       : REPATCH_DETAIL_SITE_CLOBBERS)
 
 #endif  // REPATCH_OP_H_

@@ -78,10 +78,12 @@ Result<x86::Image> image_of_variant_one(std::span<const std::uint8_t> fragment,
   static std::optional<OneOp> d;
   d.emplace(8, fragment);
   Result<Catalog> catalog = Catalog::build(d->descriptors.view());
-  if (!catalog.ok()) return catalog.error();
+  if (!catalog.ok())
+    return catalog.error();
   aim(g_records[0], site, &d->op);
   Result<SiteTable> table = SiteTable::build({g_records, 1}, catalog.value());
-  if (!table.ok()) return table.error();
+  if (!table.ok())
+    return table.error();
   return engine::site_image(catalog.value(), table.value(), table.value().entries()[0], 0);
 }
 
@@ -107,12 +109,15 @@ TEST(BadInput, UnrelocatableFragment) {
   const auto here = reinterpret_cast<std::uintptr_t>(kRipLoad);
   void* far = MAP_FAILED;
   for (std::uintptr_t hint = (here + (std::uintptr_t{8} << 30)) & ~std::uintptr_t{0xfff};
-       far == MAP_FAILED && hint < here + (std::uintptr_t{64} << 30); hint += std::uintptr_t{1} << 30) {
-    far = mmap(reinterpret_cast<void*>(hint), 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+       far == MAP_FAILED && hint < here + (std::uintptr_t{64} << 30);
+       hint += std::uintptr_t{1} << 30) {
+    far = mmap(reinterpret_cast<void*>(hint), 4096, PROT_READ,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   }
   ASSERT_NE(far, MAP_FAILED);
   // The record must reach its site with a 32-bit offset too, so build the image directly.
-  Result<x86::Image> image = x86::relocate_to_site(kRipLoad, here, reinterpret_cast<std::uintptr_t>(far), 8);
+  Result<x86::Image> image =
+      x86::relocate_to_site(kRipLoad, here, reinterpret_cast<std::uintptr_t>(far), 8);
   ASSERT_FALSE(image.ok());
   EXPECT_EQ(image.error().code(), ErrorCode::kUnrelocatable);
   munmap(far, 4096);
@@ -190,7 +195,8 @@ std::vector<std::vector<std::uint8_t>> snapshot_sites() {
 
 const abi::SiteRecord& a_release_site() {
   for (const abi::SiteRecord& r : engine::program_site_records()) {
-    if (std::strcmp(engine::record_op(r)->name, "demo_lock_release") == 0) return r;
+    if (std::strcmp(engine::record_op(r)->name, "demo_lock_release") == 0)
+      return r;
   }
   ADD_FAILURE() << "no demo_lock_release site";
   return engine::program_site_records()[0];

@@ -21,16 +21,16 @@ class BootInVariant : public ::testing::TestWithParam<BootCase> {};
 const SiteStatus* find_site(const EngineStatus& status, const std::string& op,
                             const std::string& symbol_prefix) {
   for (const SiteStatus& s : status.sites) {
-    if (s.op == op && s.symbol.rfind(symbol_prefix, 0) == 0) return &s;
+    if (s.op == op && s.symbol.rfind(symbol_prefix, 0) == 0)
+      return &s;
   }
   return nullptr;
 }
 
 TEST_P(BootInVariant, SitesBehaveAsTheirVariant) {
   const auto& [lock_variant, clock_variant, writer] = GetParam();
-  Result<Engine*> engine =
-      boot({.initial = {{"demo_lock", lock_variant}, {"demo_clock", clock_variant}},
-            .writer = writer});
+  Result<Engine*> engine = boot(
+      {.initial = {{"demo_lock", lock_variant}, {"demo_clock", clock_variant}}, .writer = writer});
   ASSERT_TRUE(engine.ok()) << engine.error().to_string();
   ASSERT_TRUE(engine.value()->verify_sites().ok());
 
@@ -47,7 +47,8 @@ TEST_P(BootInVariant, SitesBehaveAsTheirVariant) {
   const std::uint64_t releases = demo_pv_release_calls.load();
   demo::Lock lock;
   std::uint64_t counter = 0;
-  for (int i = 0; i < 3; ++i) demo::locked_increment(&lock, &counter);
+  for (int i = 0; i < 3; ++i)
+    demo::locked_increment(&lock, &counter);
   EXPECT_EQ(counter, 3u);
   EXPECT_EQ(lock.locked.load(), 0) << "the release site did not release";
   EXPECT_EQ(demo_pv_acquire_calls.load() - acquires, pv ? 3u : 0u);
@@ -87,12 +88,12 @@ std::string case_name(const ::testing::TestParamInfo<BootCase>& info) {
   return lock + "_" + clock + (writer == TextWriter::kMemfdAlias ? "_memfd" : "_procmem");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Demo, BootInVariant,
-    ::testing::Combine(::testing::Values("native", "pv", "indirect"),
-                       ::testing::Values("fixed", "shared", "indirect"),
-                       ::testing::Values(TextWriter::kMemfdAlias, TextWriter::kProcSelfMem)),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Demo, BootInVariant,
+                         ::testing::Combine(::testing::Values("native", "pv", "indirect"),
+                                            ::testing::Values("fixed", "shared", "indirect"),
+                                            ::testing::Values(TextWriter::kMemfdAlias,
+                                                              TextWriter::kProcSelfMem)),
+                         case_name);
 
 TEST(Boot, DefaultsToFirstVariantOfEachGroup) {
   Result<Engine*> engine = boot();
@@ -124,7 +125,8 @@ TEST(Boot, SecondBootIsRefused) {
 TEST(Boot, RefusedWhileOtherThreadsRun) {
   std::atomic<bool> stop{false};
   std::thread other([&] {
-    while (!stop.load()) std::this_thread::yield();
+    while (!stop.load())
+      std::this_thread::yield();
   });
   Result<Engine*> engine = boot();
   stop.store(true);
@@ -156,7 +158,8 @@ TEST(Boot, StatusNamesSitesAndFunctions) {
     EXPECT_FALSE(s.instruction.empty());
     EXPECT_EQ(s.instruction.find("(bad"), std::string::npos) << s.instruction;
     EXPECT_NE(s.symbol.find("repatch::demo::"), std::string::npos) << s.symbol;
-    if (s.group == "demo_lock") ++lock_sites;
+    if (s.group == "demo_lock")
+      ++lock_sites;
   }
   for (const GroupStatus& g : status.groups) {
     if (g.name == "demo_lock") {
@@ -168,7 +171,8 @@ TEST(Boot, StatusNamesSitesAndFunctions) {
     }
   }
   for (std::size_t i = 1; i < status.sites.size(); ++i) {
-    EXPECT_LT(status.sites[i - 1].address + status.sites[i - 1].length, status.sites[i].address + 1);
+    EXPECT_LT(status.sites[i - 1].address + status.sites[i - 1].length,
+              status.sites[i].address + 1);
   }
 }
 

@@ -1,8 +1,9 @@
 // The retained patch table: layout, lookups, and refusal of malformed site records.
+#include "engine/site_table.h"
+
 #include <gtest/gtest.h>
 
 #include "engine/catalog.h"
-#include "engine/site_table.h"
 #include "tests/engine/crafted.h"
 
 namespace repatch {
@@ -26,19 +27,21 @@ void* g_slot_b = reinterpret_cast<void*>(&crafted_callable);
 const abi::OpDesc kOpA{"op_a", &kGroupA, &g_slot_a, 8};
 const abi::OpDesc kOpB{"op_b", &kGroupB, &g_slot_b, 10};
 const abi::OpDesc kStranger{"stranger", &kGroupA, &g_slot_a, 8};
-const abi::VariantDesc kA1{&kOpA, "one", abi::VariantKind::kInline, kXorEax, kXorEax + 2,
-                           &crafted_callable};
-const abi::VariantDesc kA2{&kOpA, "two", abi::VariantKind::kCall, nullptr, nullptr,
-                           &crafted_callable};
-const abi::VariantDesc kB1{&kOpB, "one", abi::VariantKind::kInline, kMovEax1, kMovEax1 + 5,
-                           &crafted_callable};
-const abi::VariantDesc kB2{&kOpB, "two", abi::VariantKind::kCall, nullptr, nullptr,
-                           &crafted_callable};
+const abi::VariantDesc kA1{&kOpA,   "one",       abi::VariantKind::kInline,
+                           kXorEax, kXorEax + 2, &crafted_callable};
+const abi::VariantDesc kA2{&kOpA,   "two",   abi::VariantKind::kCall,
+                           nullptr, nullptr, &crafted_callable};
+const abi::VariantDesc kB1{&kOpB,    "one",        abi::VariantKind::kInline,
+                           kMovEax1, kMovEax1 + 5, &crafted_callable};
+const abi::VariantDesc kB2{&kOpB,   "two",   abi::VariantKind::kCall,
+                           nullptr, nullptr, &crafted_callable};
 
 alignas(64) std::uint8_t g_code[256];
 abi::SiteRecord g_records[8];
 
-std::uintptr_t code(std::size_t offset) { return reinterpret_cast<std::uintptr_t>(g_code) + offset; }
+std::uintptr_t code(std::size_t offset) {
+  return reinterpret_cast<std::uintptr_t>(g_code) + offset;
+}
 
 Catalog crafted_catalog() {
   static const CraftedDescriptors d{{&kGroupA, &kGroupB}, {&kOpA, &kOpB}, {&kA1, &kA2, &kB1, &kB2}};
@@ -65,7 +68,8 @@ TEST(SiteTable, SortedByGroupThenAddress) {
   EXPECT_EQ(t.address(t.group_sites(1)[0]), code(10));
   EXPECT_EQ(t.address(t.group_sites(1)[1]), code(100));
   EXPECT_EQ(t.group_sites(1)[0].length, 10);
-  for (const engine::SiteEntry& e : t.entries()) EXPECT_EQ(e.variant.load(), engine::kIndirect);
+  for (const engine::SiteEntry& e : t.entries())
+    EXPECT_EQ(e.variant.load(), engine::kIndirect);
 }
 
 TEST(SiteTable, FindsTheSiteContainingAnAddress) {
@@ -116,8 +120,7 @@ TEST(SiteTable, OverlappingSitesRefused) {
   Result<SiteTable> table = SiteTable::build({g_records, 2}, catalog);
   ASSERT_FALSE(table.ok());
   EXPECT_EQ(table.error().code(), ErrorCode::kBadSiteRecord);
-  EXPECT_NE(table.error().message().find("overlaps"), std::string::npos)
-      << table.error().message();
+  EXPECT_NE(table.error().message().find("overlaps"), std::string::npos) << table.error().message();
   EXPECT_NE(table.error().message().find("op_b"), std::string::npos);
 }
 

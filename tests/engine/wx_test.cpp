@@ -17,9 +17,11 @@ namespace {
 std::vector<std::string> writable_and_executable(const char* maps_path) {
   std::vector<std::string> out;
   Result<std::vector<x86::MapEntry>> maps = x86::read_proc_maps(maps_path);
-  if (!maps.ok()) return {"cannot read " + std::string(maps_path) + ": " + maps.error().message()};
+  if (!maps.ok())
+    return {"cannot read " + std::string(maps_path) + ": " + maps.error().message()};
   for (const x86::MapEntry& m : maps.value()) {
-    if (m.w && m.x) out.push_back(x86::describe_mapping(m));
+    if (m.w && m.x)
+      out.push_back(x86::describe_mapping(m));
   }
   return out;
 }
@@ -55,8 +57,8 @@ TEST(WriteXorExecute, NoMappingIsWritableAndExecutableWhileBooting) {
     std::atomic<int> violations{0};
     char first_violation[256];
   };
-  void* page = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                    -1, 0);
+  void* page =
+      mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(page, MAP_FAILED);
   auto* shared = new (page) Shared;
   const std::string maps = "/proc/" + std::to_string(getpid()) + "/maps";
@@ -73,12 +75,14 @@ TEST(WriteXorExecute, NoMappingIsWritableAndExecutableWhileBooting) {
     }
     _exit(0);
   }
-  while (shared->started.load() == 0) usleep(100);
+  while (shared->started.load() == 0)
+    usleep(100);
   const int scans_before = shared->scans.load();
   Result<Engine*> engine = boot({.initial = {{"demo_lock", "pv"}, {"demo_clock", "shared"}}});
   // Let the child see the final state a few times too.
   const int scans_at_boot = shared->scans.load();
-  while (shared->scans.load() < scans_at_boot + 3) usleep(100);
+  while (shared->scans.load() < scans_at_boot + 3)
+    usleep(100);
   shared->stop.store(1);
   int wstatus = 0;
   waitpid(child, &wstatus, 0);
