@@ -30,12 +30,10 @@ std::atomic<Engine*> g_engine{nullptr};
 // Threads of this process, from /proc/self/task; 0 if it cannot be read.
 int thread_count() {
   DIR* dir = opendir("/proc/self/task");
-  if (dir == nullptr)
-    return 0;
+  if (dir == nullptr) return 0;
   int n = 0;
   while (dirent* e = readdir(dir)) {
-    if (e->d_name[0] != '.')
-      ++n;
+    if (e->d_name[0] != '.') ++n;
   }
   closedir(dir);
   return n;
@@ -47,16 +45,14 @@ Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog&
   std::vector<bool> named(catalog.groups().size(), false);
   for (const GroupChoice& choice : options.initial) {
     Result<engine::GroupIndex> g = catalog.find_group(choice.group);
-    if (!g.ok())
-      return g.error();
+    if (!g.ok()) return g.error();
     if (named[g.value()]) {
       return Error(ErrorCode::kInvalidArgument,
                    "group '" + choice.group + "' is given an initial variant twice");
     }
     named[g.value()] = true;
     Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
-    if (!v.ok())
-      return v.error();
+    if (!v.ok()) return v.error();
     variants[g.value()] = v.value();
   }
   return variants;
@@ -78,13 +74,13 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
     const engine::VariantIndex v = target[catalog.op(entry.op).group];
     // Every image is computed even when it will not be written now, so that a variant that cannot
     // fill some site is refused at boot rather than at the first switch to it.
-    for (engine::VariantIndex other = 0; other < catalog.op(entry.op).variants.size(); ++other) {
-      Result<x86::Image> image = engine::site_image(catalog, table, entry, other);
-      if (!image.ok())
-        return image.error();
+    const std::size_t variants = catalog.op(entry.op).variants.size();
+    for (std::size_t other = 0; other < variants; ++other) {
+      Result<x86::Image> image =
+          engine::site_image(catalog, table, entry, static_cast<engine::VariantIndex>(other));
+      if (!image.ok()) return image.error();
       // Sites that stay indirect already hold their image.
-      if (other == v)
-        writes.push_back({&entry, image.value(), v});
+      if (other == v) writes.push_back({&entry, image.value(), v});
     }
   }
   return writes;
@@ -92,10 +88,8 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
 
 Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
                                                     const engine::SiteTable& table) {
-  if (table.entries().empty())
-    return std::unique_ptr<x86::TextPoker>();
-  if (writer == TextWriter::kProcSelfMem)
-    return x86::make_procmem_poker();
+  if (table.entries().empty()) return std::unique_ptr<x86::TextPoker>();
+  if (writer == TextWriter::kProcSelfMem) return x86::make_procmem_poker();
   return x86::make_memfd_poker(table.base(), table.limit());
 }
 
@@ -112,27 +106,22 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
 
   // First step.
   Result<engine::Catalog> catalog = engine::Catalog::build(engine::program_descriptors());
-  if (!catalog.ok())
-    return catalog.error();
+  if (!catalog.ok()) return catalog.error();
   impl->catalog = std::move(catalog).value();
   Result<engine::SiteTable> table =
       engine::SiteTable::build(engine::program_site_records(), impl->catalog);
-  if (!table.ok())
-    return table.error();
+  if (!table.ok()) return table.error();
   impl->table = std::move(table).value();
 
   // Second and third steps.
   Result<std::vector<engine::VariantIndex>> target = resolve_initial(impl->catalog, options);
-  if (!target.ok())
-    return target.error();
+  if (!target.ok()) return target.error();
   Result<std::vector<SiteWrite>> writes = plan_boot(impl->catalog, impl->table, target.value());
-  if (!writes.ok())
-    return writes.error();
+  if (!writes.ok()) return writes.error();
 
   // Fourth step.
   Result<std::unique_ptr<x86::TextPoker>> poker = make_writer(options.writer, impl->table);
-  if (!poker.ok())
-    return poker.error();
+  if (!poker.ok()) return poker.error();
   impl->poker = std::move(poker).value();
   impl->writer = options.writer == TextWriter::kProcSelfMem ? x86::PokerKind::kProcSelfMem
                                                             : x86::PokerKind::kMemfdAlias;

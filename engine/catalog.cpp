@@ -26,8 +26,7 @@ namespace {
 
 template <typename T>
 std::span<const T* const> section_span(const T* const* begin, const T* const* end) {
-  if (begin == nullptr || end == nullptr || end <= begin)
-    return {};
+  if (begin == nullptr || end == nullptr || end <= begin) return {};
   return {begin, static_cast<std::size_t>(end - begin)};
 }
 
@@ -43,24 +42,22 @@ std::vector<std::string_view> variant_names(const abi::GroupDesc& group) {
 }
 
 Status check_group(const abi::GroupDesc& group) {
-  if (group.name == nullptr || *group.name == '\0')
-    return invalid("a group has no name");
+  if (group.name == nullptr || *group.name == '\0') return invalid("a group has no name");
   const std::string name = group.name;
-  if (group.variant_count == 0)
-    return invalid("group '" + name + "' declares no variants");
+  if (group.variant_count == 0) return invalid("group '" + name + "' declares no variants");
   if (group.variant_count > kMaxVariants) {
     return invalid("group '" + name + "' declares " + std::to_string(group.variant_count) +
                    " variants; at most " + std::to_string(kMaxVariants) + " are supported");
   }
   auto names = variant_names(group);
   for (std::size_t i = 0; i < names.size(); ++i) {
-    if (names[i].empty())
-      return invalid("group '" + name + "' has a variant with no name");
+    if (names[i].empty()) return invalid("group '" + name + "' has a variant with no name");
     if (names[i] == "indirect") {
       return invalid("group '" + name +
                      "' declares a variant named 'indirect', a name reserved for unpatched sites");
     }
-    if (std::find(names.begin(), names.begin() + i, names[i]) != names.begin() + i) {
+    const auto earlier = std::next(names.begin(), static_cast<std::ptrdiff_t>(i));
+    if (std::find(names.begin(), earlier, names[i]) != earlier) {
       return invalid("group '" + name + "' lists variant '" + std::string(names[i]) + "' twice");
     }
   }
@@ -70,12 +67,9 @@ Status check_group(const abi::GroupDesc& group) {
 Status check_variant_shape(const abi::OpDesc& op, const abi::VariantDesc& variant) {
   const std::string what =
       "variant '" + std::string(variant.name) + "' of op '" + std::string(op.name) + "'";
-  if (variant.callable == nullptr)
-    return invalid(what + " has no callable form");
-  if (variant.kind == abi::VariantKind::kCall)
-    return {};
-  if (variant.kind != abi::VariantKind::kInline)
-    return invalid(what + " has an unknown kind");
+  if (variant.callable == nullptr) return invalid(what + " has no callable form");
+  if (variant.kind == abi::VariantKind::kCall) return {};
+  if (variant.kind != abi::VariantKind::kInline) return invalid(what + " has an unknown kind");
   const auto length = variant.fragment_end - variant.fragment;
   if (variant.fragment == nullptr || length <= 0) {
     return Error(ErrorCode::kBadImage, what + " has an empty instruction");
@@ -102,22 +96,19 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
   std::map<const abi::GroupDesc*, GroupIndex> group_index;
   std::map<std::string_view, const abi::GroupDesc*> group_by_name;
   for (const abi::GroupDesc* desc : descriptors.groups) {
-    if (Status s = check_group(*desc); !s.ok())
-      return s.error();
+    if (Status s = check_group(*desc); !s.ok()) return s.error();
     if (!group_by_name.emplace(desc->name, desc).second) {
       return invalid("group '" + std::string(desc->name) + "' is defined twice");
     }
     group_index.emplace(desc, static_cast<GroupIndex>(catalog.groups_.size()));
     catalog.groups_.push_back({desc, {}});
   }
-  if (catalog.groups_.size() > 0xffff)
-    return invalid("more than 65535 groups");
+  if (catalog.groups_.size() > 0xffff) return invalid("more than 65535 groups");
 
   std::map<const abi::OpDesc*, OpIndex> op_index;
   std::map<std::string_view, const abi::OpDesc*> op_by_name;
   for (const abi::OpDesc* desc : descriptors.ops) {
-    if (desc->name == nullptr || *desc->name == '\0')
-      return invalid("an op has no name");
+    if (desc->name == nullptr || *desc->name == '\0') return invalid("an op has no name");
     const std::string name = desc->name;
     if (!op_by_name.emplace(desc->name, desc).second) {
       return invalid("op '" + name + "' is defined twice");
@@ -130,8 +121,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
       return invalid("op '" + name + "' has " + std::to_string(desc->site_length) +
                      "-byte sites; sites are 6 to 15 bytes");
     }
-    if (desc->slot == nullptr)
-      return invalid("op '" + name + "' has no slot");
+    if (desc->slot == nullptr) return invalid("op '" + name + "' has no slot");
     const auto index = static_cast<OpIndex>(catalog.ops_.size());
     op_index.emplace(desc, index);
     catalog.groups_[group->second].ops.push_back(index);
@@ -139,8 +129,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
         {desc, group->second,
          std::vector<const abi::VariantDesc*>(desc->group->variant_count, nullptr)});
   }
-  if (catalog.ops_.size() > 0xffff)
-    return invalid("more than 65535 ops");
+  if (catalog.ops_.size() > 0xffff) return invalid("more than 65535 ops");
 
   for (const abi::VariantDesc* desc : descriptors.variants) {
     auto op = op_index.find(desc->op);
@@ -162,8 +151,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
       return invalid("op '" + std::string(entry.desc->name) + "' defines variant '" + desc->name +
                      "' twice");
     }
-    if (Status s = check_variant_shape(*entry.desc, *desc); !s.ok())
-      return s.error();
+    if (Status s = check_variant_shape(*entry.desc, *desc); !s.ok()) return s.error();
     entry.variants[v] = desc;
   }
 
@@ -187,8 +175,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
 
 Result<OpIndex> Catalog::find_op(const abi::OpDesc* desc) const {
   for (std::size_t i = 0; i < ops_.size(); ++i) {
-    if (ops_[i].desc == desc)
-      return static_cast<OpIndex>(i);
+    if (ops_[i].desc == desc) return static_cast<OpIndex>(i);
   }
   return Error(ErrorCode::kBadSiteRecord, "a site record names an op at " +
                                               hex(reinterpret_cast<std::uintptr_t>(desc)) +
@@ -198,8 +185,7 @@ Result<OpIndex> Catalog::find_op(const abi::OpDesc* desc) const {
 Result<GroupIndex> Catalog::find_group(std::string_view name) const {
   std::vector<std::string_view> names;
   for (std::size_t i = 0; i < groups_.size(); ++i) {
-    if (name == groups_[i].desc->name)
-      return static_cast<GroupIndex>(i);
+    if (name == groups_[i].desc->name) return static_cast<GroupIndex>(i);
     names.push_back(groups_[i].desc->name);
   }
   return unknown("no group is named '" + std::string(name) + "'; the groups are " +
@@ -208,8 +194,7 @@ Result<GroupIndex> Catalog::find_group(std::string_view name) const {
 
 Result<VariantIndex> Catalog::find_variant(GroupIndex g, std::string_view name) const {
   const abi::GroupDesc& group = *groups_[g].desc;
-  if (name == "indirect")
-    return kIndirect;
+  if (name == "indirect") return kIndirect;
   auto names = variant_names(group);
   auto found = std::find(names.begin(), names.end(), name);
   if (found == names.end()) {
@@ -220,8 +205,7 @@ Result<VariantIndex> Catalog::find_variant(GroupIndex g, std::string_view name) 
 }
 
 std::string_view Catalog::variant_name(GroupIndex g, VariantIndex v) const {
-  if (v == kIndirect)
-    return "indirect";
+  if (v == kIndirect) return "indirect";
   return groups_[g].desc->variants[v];
 }
 

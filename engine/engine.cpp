@@ -14,8 +14,7 @@ namespace {
 // " <thunk_name>" for a disassembled direct call, so that a person sees where a site goes.
 std::string call_target_name(const std::string& instruction) {
   const auto at = instruction.find("call 0x");
-  if (at == std::string::npos)
-    return "";
+  if (at == std::string::npos) return "";
   const std::uintptr_t target = std::strtoull(instruction.c_str() + at + 5, nullptr, 16);
   const std::string name = engine::symbolizer().name(target);
   return name.empty() ? "" : " <" + name + ">";
@@ -69,8 +68,7 @@ EngineStatus Engine::status() const {
 
 Result<std::string> Engine::current_variant(std::string_view group) const {
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
-  if (!g.ok())
-    return g.error();
+  if (!g.ok()) return g.error();
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
 }
 

@@ -17,8 +17,7 @@ std::string hex_bytes(std::span<const std::uint8_t> bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
   for (std::uint8_t b : bytes) {
-    if (!out.empty())
-      out += ' ';
+    if (!out.empty()) out += ' ';
     out += kDigits[b >> 4];
     out += kDigits[b & 0xf];
   }

@@ -20,8 +20,7 @@ template <typename Range>
 std::string quoted_list(const Range& items) {
   std::string out;
   for (const auto& item : items) {
-    if (!out.empty())
-      out += ", ";
+    if (!out.empty()) out += ", ";
     out += '\'';
     out += std::string_view(item);
     out += '\'';

@@ -55,11 +55,9 @@ Status check_site_holds_current(const Catalog& catalog, const SiteTable& table,
                                 const SiteEntry& entry) {
   const VariantIndex current = entry.variant.load(std::memory_order_relaxed);
   Result<x86::Image> expected = site_image(catalog, table, entry, current);
-  if (!expected.ok())
-    return expected.error();
+  if (!expected.ok()) return expected.error();
   const auto actual = site_bytes(table, entry);
-  if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0)
-    return {};
+  if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0) return {};
   const GroupIndex g = catalog.op(entry.op).group;
   return Error(ErrorCode::kForeignWrite,
                describe_site(catalog, table, entry) + " holds [" + hex_bytes(actual) + "] (" +

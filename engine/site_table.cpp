@@ -40,8 +40,7 @@ const abi::OpDesc* record_op(const abi::SiteRecord& record) {
 std::span<const abi::SiteRecord> program_site_records() {
   const abi::SiteRecord* begin = __start_repatch_sites;
   const abi::SiteRecord* end = __stop_repatch_sites;
-  if (begin == nullptr || end <= begin)
-    return {};
+  if (begin == nullptr || end <= begin) return {};
   return {begin, static_cast<std::size_t>(end - begin)};
 }
 
@@ -124,8 +123,7 @@ std::span<const SiteEntry> SiteTable::group_sites(GroupIndex g) const {
 }
 
 const SiteEntry* SiteTable::find(std::uintptr_t address) const {
-  if (address < base_ || address >= limit_)
-    return nullptr;
+  if (address < base_ || address >= limit_) return nullptr;
   const auto offset = static_cast<std::uint32_t>(address - base_);
   // One binary search per group run; groups are few. Nothing here allocates or locks.
   for (const Run& run : runs_) {
@@ -133,11 +131,9 @@ const SiteEntry* SiteTable::find(std::uintptr_t address) const {
     const SiteEntry* last = entries_.get() + run.end;
     const SiteEntry* it = std::upper_bound(
         first, last, offset, [](std::uint32_t off, const SiteEntry& e) { return off < e.offset; });
-    if (it == first)
-      continue;
+    if (it == first) continue;
     --it;
-    if (offset < it->offset + it->length)
-      return it;
+    if (offset < it->offset + it->length) return it;
   }
   return nullptr;
 }

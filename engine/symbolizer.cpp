@@ -43,8 +43,7 @@ class MappedFile {
  public:
   explicit MappedFile(const char* path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-      return;
+    if (fd < 0) return;
     struct stat st {};
     if (fstat(fd, &st) == 0 && st.st_size > 0) {
       void* p = mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
@@ -56,8 +55,7 @@ class MappedFile {
     close(fd);
   }
   ~MappedFile() {
-    if (data_ != nullptr)
-      munmap(const_cast<std::uint8_t*>(data_), size_);
+    if (data_ != nullptr) munmap(const_cast<std::uint8_t*>(data_), size_);
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -77,8 +75,7 @@ class MappedFile {
 
 Symbolizer::Symbolizer() {
   MappedFile file("/proc/self/exe");
-  if (!file.contains(0, sizeof(Elf64_Ehdr)))
-    return;
+  if (!file.contains(0, sizeof(Elf64_Ehdr))) return;
   Elf64_Ehdr eh;
   std::memcpy(&eh, file.data(), sizeof eh);
   if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
@@ -94,8 +91,7 @@ Symbolizer::Symbolizer() {
   const std::uintptr_t bias = executable_bias();
   for (std::size_t i = 0; i < eh.e_shnum; ++i) {
     const Elf64_Shdr symtab = section(i);
-    if (symtab.sh_type != SHT_SYMTAB || symtab.sh_link >= eh.e_shnum)
-      continue;
+    if (symtab.sh_type != SHT_SYMTAB || symtab.sh_link >= eh.e_shnum) continue;
     const Elf64_Shdr strtab = section(symtab.sh_link);
     if (!file.contains(symtab.sh_offset, symtab.sh_size) ||
         !file.contains(strtab.sh_offset, strtab.sh_size)) {
@@ -110,8 +106,7 @@ Symbolizer::Symbolizer() {
         continue;
       }
       const char* raw = reinterpret_cast<const char*>(file.data() + strtab.sh_offset + sym.st_name);
-      if (strnlen(raw, strtab.sh_size - sym.st_name) == strtab.sh_size - sym.st_name)
-        continue;
+      if (strnlen(raw, strtab.sh_size - sym.st_name) == strtab.sh_size - sym.st_name) continue;
       const std::uintptr_t begin = bias + sym.st_value;
       symbols_.push_back({begin, begin + std::max<std::uint64_t>(sym.st_size, 1), demangle(raw)});
     }

@@ -10,8 +10,7 @@ void JsonWriter::separate() {
     return;
   }
   if (!first_.empty()) {
-    if (!first_.back())
-      out_ += ',';
+    if (!first_.back()) out_ += ',';
     first_.back() = false;
   }
 }

@@ -36,8 +36,7 @@ int main(int argc, char** argv) {
     std::printf("repatch %s\n", REPATCH_VERSION);
     return 0;
   }
-  if (command == "status")
-    return repatch::tools::status_command(argc - 2, argv + 2);
+  if (command == "status") return repatch::tools::status_command(argc - 2, argv + 2);
   std::fprintf(stderr, "repatch: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }

@@ -51,8 +51,7 @@ int parse(int argc, char** argv, Options& options) {
       options.json = true;
     } else if (arg == "--set") {
       const char* value = next("--set");
-      if (value == nullptr)
-        return 2;
+      if (value == nullptr) return 2;
       const char* eq = std::strchr(value, '=');
       if (eq == nullptr || eq == value || eq[1] == '\0') {
         std::fprintf(stderr, "repatch status: --set wants GROUP=VARIANT, got '%s'\n", value);
@@ -61,8 +60,7 @@ int parse(int argc, char** argv, Options& options) {
       options.boot.initial.push_back({std::string(value, eq), std::string(eq + 1)});
     } else if (arg == "--writer") {
       const char* value = next("--writer");
-      if (value == nullptr)
-        return 2;
+      if (value == nullptr) return 2;
       if (std::string_view(value) == "memfd") {
         options.boot.writer = TextWriter::kMemfdAlias;
       } else if (std::string_view(value) == "procmem") {
@@ -93,8 +91,7 @@ void print_text(const EngineStatus& s) {
     std::string variants;
     for (const std::string& v : g.variants)
       variants += (variants.empty() ? "" : ",") + v;
-    if (g.interchangeable)
-      variants += " (any time)";
+    if (g.interchangeable) variants += " (any time)";
     std::printf("%-16s %-10s %-22s %4zu %6zu\n", g.name.c_str(), g.variant.c_str(),
                 variants.c_str(), g.ops, g.sites);
   }
@@ -157,8 +154,7 @@ const char* status_usage() {
 
 int status_command(int argc, char** argv) {
   Options options;
-  if (int rc = parse(argc, argv, options); rc != 0)
-    return rc < 0 ? 0 : rc;
+  if (int rc = parse(argc, argv, options); rc != 0) return rc < 0 ? 0 : rc;
   Result<Engine*> engine = Engine::boot(options.boot);
   if (!engine.ok()) {
     std::fprintf(stderr, "repatch status: boot failed: %s\n", engine.error().to_string().c_str());

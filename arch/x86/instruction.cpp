@@ -518,11 +518,9 @@ Status verify_site_image(std::span<const std::uint8_t> bytes, std::uintptr_t add
 
 Status verify_stack_neutral(std::span<const std::uint8_t> fragment, std::uintptr_t address) {
   Result<Decoded> decoded = decode_site_instruction(fragment, address, "fragment");
-  if (!decoded.ok())
-    return decoded.error();
+  if (!decoded.ok()) return decoded.error();
   const Decoded& d = decoded.value();
-  if (d.instruction.mnemonic == ZYDIS_MNEMONIC_CALL)
-    return {};
+  if (d.instruction.mnemonic == ZYDIS_MNEMONIC_CALL) return {};
   for (std::size_t i = 0; i < d.instruction.operand_count; ++i) {
     const ZydisDecodedOperand& op = d.operands[i];
     const bool uses_rsp =

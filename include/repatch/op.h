@@ -183,6 +183,8 @@ static_assert(sizeof(SiteRecord) == 8);
 
 /// Variant `variant` of `op` is `call target`, where `target` is an extern "C" function that keeps
 /// the op ABI (hand-written assembly, or a REPATCH_CALLEE_SAVE_THUNK).
+// `target` is a name, not an expression, so it cannot be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define REPATCH_CALL_VARIANT(op, variant, target)                                                 \
   extern "C" void target();                                                                       \
   asm(".globl repatch_callable_" #op "__" #variant                                                \
@@ -194,6 +196,7 @@ static_assert(sizeof(SiteRecord) == 8);
   extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {              \
       &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr, &target}; \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
+// NOLINTEND(bugprone-macro-parentheses)
 
 // ---- callee-save thunks ----------------------------------------------------------------------
 

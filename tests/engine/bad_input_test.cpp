@@ -78,12 +78,10 @@ Result<x86::Image> image_of_variant_one(std::span<const std::uint8_t> fragment,
   static std::optional<OneOp> d;
   d.emplace(8, fragment);
   Result<Catalog> catalog = Catalog::build(d->descriptors.view());
-  if (!catalog.ok())
-    return catalog.error();
+  if (!catalog.ok()) return catalog.error();
   aim(g_records[0], site, &d->op);
   Result<SiteTable> table = SiteTable::build({g_records, 1}, catalog.value());
-  if (!table.ok())
-    return table.error();
+  if (!table.ok()) return table.error();
   return engine::site_image(catalog.value(), table.value(), table.value().entries()[0], 0);
 }
 
@@ -195,8 +193,7 @@ std::vector<std::vector<std::uint8_t>> snapshot_sites() {
 
 const abi::SiteRecord& a_release_site() {
   for (const abi::SiteRecord& r : engine::program_site_records()) {
-    if (std::strcmp(engine::record_op(r)->name, "demo_lock_release") == 0)
-      return r;
+    if (std::strcmp(engine::record_op(r)->name, "demo_lock_release") == 0) return r;
   }
   ADD_FAILURE() << "no demo_lock_release site";
   return engine::program_site_records()[0];

@@ -21,8 +21,7 @@ class BootInVariant : public ::testing::TestWithParam<BootCase> {};
 const SiteStatus* find_site(const EngineStatus& status, const std::string& op,
                             const std::string& symbol_prefix) {
   for (const SiteStatus& s : status.sites) {
-    if (s.op == op && s.symbol.rfind(symbol_prefix, 0) == 0)
-      return &s;
+    if (s.op == op && s.symbol.rfind(symbol_prefix, 0) == 0) return &s;
   }
   return nullptr;
 }
@@ -158,8 +157,7 @@ TEST(Boot, StatusNamesSitesAndFunctions) {
     EXPECT_FALSE(s.instruction.empty());
     EXPECT_EQ(s.instruction.find("(bad"), std::string::npos) << s.instruction;
     EXPECT_NE(s.symbol.find("repatch::demo::"), std::string::npos) << s.symbol;
-    if (s.group == "demo_lock")
-      ++lock_sites;
+    if (s.group == "demo_lock") ++lock_sites;
   }
   for (const GroupStatus& g : status.groups) {
     if (g.name == "demo_lock") {

@@ -17,11 +17,9 @@ namespace {
 std::vector<std::string> writable_and_executable(const char* maps_path) {
   std::vector<std::string> out;
   Result<std::vector<x86::MapEntry>> maps = x86::read_proc_maps(maps_path);
-  if (!maps.ok())
-    return {"cannot read " + std::string(maps_path) + ": " + maps.error().message()};
+  if (!maps.ok()) return {"cannot read " + std::string(maps_path) + ": " + maps.error().message()};
   for (const x86::MapEntry& m : maps.value()) {
-    if (m.w && m.x)
-      out.push_back(x86::describe_mapping(m));
+    if (m.w && m.x) out.push_back(x86::describe_mapping(m));
   }
   return out;
 }
