@@ -17,6 +17,7 @@
 #include "arch/x86/sync_core.h"
 #include "arch/x86/text_poker.h"
 #include "engine/engine_impl.h"
+#include "engine/format.h"
 #include "engine/site_image.h"
 
 namespace repatch {
@@ -39,9 +40,30 @@ int thread_count() {
   return n;
 }
 
+// The CPU as boot sees it: `cpu` as CPUID read it, or with exactly the features the options list.
+Result<x86::CpuInfo> boot_cpu(x86::CpuInfo cpu, const BootOptions& options) {
+  if (!options.features.has_value()) return cpu;
+  for (std::string_view name : x86::cpu_feature_names())
+    x86::set_cpu_feature(cpu, name, false);
+  for (const std::string& name : *options.features) {
+    if (!x86::set_cpu_feature(cpu, name, true)) {
+      return Error(ErrorCode::kUnknownName, "unknown CPU feature '" + name +
+                                                "' in the boot options; the features are " +
+                                                engine::quoted_list(x86::cpu_feature_names()));
+    }
+  }
+  return cpu;
+}
+
 Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog& catalog,
-                                                          const BootOptions& options) {
+                                                          const BootOptions& options,
+                                                          const x86::CpuInfo& cpu) {
   std::vector<engine::VariantIndex> variants(catalog.groups().size(), 0);
+  for (std::size_t g = 0; g < variants.size(); ++g) {
+    if (const char* feature = catalog.group(static_cast<engine::GroupIndex>(g)).desc->feature) {
+      variants[g] = x86::cpu_has(cpu, feature).value_or(false) ? 1 : 0;
+    }
+  }
   std::vector<bool> named(catalog.groups().size(), false);
   for (const GroupChoice& choice : options.initial) {
     Result<engine::GroupIndex> g = catalog.find_group(choice.group);
@@ -101,8 +123,12 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
                      std::to_string(threads) + " threads");
   }
   auto impl = std::make_unique<Engine::Impl>();
-  impl->cpu = x86::read_cpu_info();
-  x86::select_sync_core_method(impl->cpu.serialize);
+  const x86::CpuInfo real_cpu = x86::read_cpu_info();
+  // sync_core follows the real CPU, whatever features the options pretend.
+  x86::select_sync_core_method(real_cpu.serialize);
+  Result<x86::CpuInfo> cpu = boot_cpu(real_cpu, options);
+  if (!cpu.ok()) return cpu.error();
+  impl->cpu = cpu.value();
 
   // First step.
   Result<engine::Catalog> catalog = engine::Catalog::build(engine::program_descriptors());
@@ -114,7 +140,8 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   impl->table = std::move(table).value();
 
   // Second and third steps.
-  Result<std::vector<engine::VariantIndex>> target = resolve_initial(impl->catalog, options);
+  Result<std::vector<engine::VariantIndex>> target =
+      resolve_initial(impl->catalog, options, impl->cpu);
   if (!target.ok()) return target.error();
   Result<std::vector<SiteWrite>> writes = plan_boot(impl->catalog, impl->table, target.value());
   if (!writes.ok()) return writes.error();

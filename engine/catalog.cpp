@@ -4,6 +4,7 @@
 #include <map>
 #include <string>
 
+#include "arch/x86/cpuid.h"
 #include "arch/x86/instruction.h"
 #include "engine/format.h"
 
@@ -48,6 +49,18 @@ Status check_group(const abi::GroupDesc& group) {
   if (group.variant_count > kMaxVariants) {
     return invalid("group '" + name + "' declares " + std::to_string(group.variant_count) +
                    " variants; at most " + std::to_string(kMaxVariants) + " are supported");
+  }
+  if (group.feature != nullptr) {
+    if (!x86::cpu_has(x86::CpuInfo{}, group.feature).has_value()) {
+      return unknown("group '" + name + "' is keyed on CPU feature '" + group.feature +
+                     "', which repatch does not know; the features are " +
+                     quoted_list(x86::cpu_feature_names()));
+    }
+    if (group.variant_count != 2) {
+      return invalid("feature group '" + name + "' declares " +
+                     std::to_string(group.variant_count) +
+                     " variants; a feature group has two: without the feature, then with it");
+    }
   }
   auto names = variant_names(group);
   for (std::size_t i = 0; i < names.size(); ++i) {

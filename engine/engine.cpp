@@ -33,6 +33,10 @@ EngineStatus Engine::status() const {
     gs.variant = catalog.variant_name(static_cast<engine::GroupIndex>(g), impl_->group_variant[g]);
     gs.variants.assign(group.desc->variants, group.desc->variants + group.desc->variant_count);
     gs.interchangeable = (group.desc->flags & abi::kGroupInterchangeable) != 0;
+    if (group.desc->feature != nullptr) {
+      gs.feature = group.desc->feature;
+      gs.feature_present = x86::cpu_has(impl_->cpu, gs.feature).value_or(false);
+    }
     gs.ops = group.ops.size();
     gs.sites = table.group_sites(static_cast<engine::GroupIndex>(g)).size();
     out.groups.push_back(std::move(gs));

@@ -36,6 +36,8 @@ std::uint32_t demo_pv_vcpu_is_preempted(std::uint64_t cpu) {
 
 REPATCH_DEFINE_GROUP(demo_lock, 0, "native", "pv");
 REPATCH_DEFINE_GROUP(demo_clock, repatch::abi::kGroupInterchangeable, "fixed", "shared");
+REPATCH_DEFINE_FEATURE_GROUP(demo_flush, repatch::abi::kGroupInterchangeable, "clflushopt",
+                             "clflush", "clflushopt");
 
 REPATCH_DEFINE_OP(demo_lock_acquire, demo_lock, native);
 REPATCH_CALLEE_SAVE_THUNK(demo_native_acquire_thunk, demo_native_acquire, void);
@@ -56,3 +58,7 @@ REPATCH_CALL_VARIANT(demo_vcpu_is_preempted, pv, demo_pv_vcpu_is_preempted_thunk
 REPATCH_DEFINE_OP(demo_clock_read, demo_clock, fixed);
 REPATCH_INLINE_VARIANT(demo_clock_read, fixed, "mov $" REPATCH_DETAIL_STR(0x2a) ", %eax");
 REPATCH_INLINE_VARIANT(demo_clock_read, shared, "mov demo_clock_value(%rip), %eax");
+
+REPATCH_DEFINE_OP(demo_flush_line, demo_flush, clflush);
+REPATCH_INLINE_VARIANT(demo_flush_line, clflush, "clflush (%rdi)");
+REPATCH_INLINE_VARIANT(demo_flush_line, clflushopt, "clflushopt (%rdi)");

@@ -5,8 +5,10 @@
 //    demo_lock_acquire(lock)      native: call (spin)          pv: call (spin, counted)
 //    demo_lock_release(lock)      native: inline movb $0       pv: call (store, counted "kick")
 //    demo_vcpu_is_preempted(cpu)  native: inline xor %eax      pv: call (reads a flag)
-//  group demo_clock {fixed, shared} -- flags kGroupInterchangeable, like a feature alternative
+//  group demo_clock {fixed, shared} -- flags kGroupInterchangeable: both variants are correct
 //    demo_clock_read()            fixed: inline mov $imm       shared: inline RIP-relative load
+//  group demo_flush {clflush, clflushopt} -- a feature-keyed alternative on "clflushopt"
+//    demo_flush_line(addr)        clflush: inline clflush      clflushopt: inline clflushopt
 #ifndef REPATCH_GUEST_DEMO_OPS_H_
 #define REPATCH_GUEST_DEMO_OPS_H_
 
@@ -39,10 +41,12 @@ extern REPATCH_DETAIL_HIDDEN std::atomic<std::uint8_t> demo_preempted[64];
 
 REPATCH_DECLARE_GROUP(demo_lock);
 REPATCH_DECLARE_GROUP(demo_clock);
+REPATCH_DECLARE_GROUP(demo_flush);
 REPATCH_DECLARE_OP(demo_lock_acquire, 8);
 REPATCH_DECLARE_OP(demo_lock_release, 8);
 REPATCH_DECLARE_OP(demo_vcpu_is_preempted, 8);
 REPATCH_DECLARE_OP(demo_clock_read, 10);
+REPATCH_DECLARE_OP(demo_flush_line, 8);
 
 namespace repatch::demo {
 
@@ -64,6 +68,10 @@ inline std::uint32_t clock_read() {
   std::uint32_t now;
   REPATCH_SITE(demo_clock_read, "=a"(now));
   return now;
+}
+
+inline void flush_line(const void* line) {
+  REPATCH_SITE(demo_flush_line, , "D"(line));
 }
 
 }  // namespace repatch::demo

@@ -17,6 +17,10 @@ __attribute__((noinline)) std::uint32_t read_clock() {
   return clock_read();
 }
 
+__attribute__((noinline)) void flush(const void* line) {
+  flush_line(line);
+}
+
 __attribute__((noinline)) void release(Lock* lock) {
   lock_release(lock);
 }

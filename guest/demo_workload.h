@@ -17,6 +17,9 @@ bool owner_preempted(std::uint64_t cpu);
 /// The demo clock, as the current variant of demo_clock reads it.
 std::uint32_t read_clock();
 
+/// Writes back and evicts the cache line that holds `line`, with the variant the CPU supports.
+void flush(const void* line);
+
 /// Releases `lock` (held by the caller) without acquiring it first.
 void release(Lock* lock);
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engine/format.h"
 #include "repatch/engine.h"
@@ -14,6 +15,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: repatch status [--json] [--set GROUP=VARIANT]... [--writer memfd|procmem]\n"
+    "                      [--cpu-features LIST]\n"
     "\n"
     "Boots the demo guest built into this command and lists every group with its current\n"
     "variant, and every site with its address, op, length, current variant and instruction\n"
@@ -23,6 +25,9 @@ constexpr const char* kUsage =
     "                       VARIANT 'indirect' leaves the group's sites unpatched\n"
     "  --writer KIND        how site bytes are written: memfd (default: stores through a\n"
     "                       writable alias of the remapped text) or procmem (/proc/self/mem)\n"
+    "  --cpu-features LIST  pretend the CPU has exactly these features (comma-separated,\n"
+    "                       may be empty) when feature-keyed groups choose their variant;\n"
+    "                       known: clflushopt, hle, rdpid, rdtscp, rtm, serialize\n"
     "  --json               print one JSON object instead of text\n"
     "  -h, --help           print this help\n"
     "\n"
@@ -58,6 +63,17 @@ int parse(int argc, char** argv, Options& options) {
         return 2;
       }
       options.boot.initial.push_back({std::string(value, eq), std::string(eq + 1)});
+    } else if (arg == "--cpu-features") {
+      const char* value = next("--cpu-features");
+      if (value == nullptr) return 2;
+      std::vector<std::string> features;
+      for (std::string_view rest = value; !rest.empty();) {
+        const std::size_t comma = rest.find(',');
+        const std::string_view name = rest.substr(0, comma);
+        if (!name.empty()) features.emplace_back(name);
+        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      }
+      options.boot.features = std::move(features);
     } else if (arg == "--writer") {
       const char* value = next("--writer");
       if (value == nullptr) return 2;
@@ -86,19 +102,25 @@ void print_text(const EngineStatus& s) {
   std::printf("\nsync_core: %s\n", s.sync_core.c_str());
   std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n\n",
               s.bytes_per_site, s.retained_bytes, s.sites.size());
-  std::printf("%-16s %-10s %-22s %4s %6s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES");
+  std::printf("%-16s %-11s %-22s %4s %6s  %s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES",
+              "NOTES");
   for (const GroupStatus& g : s.groups) {
     std::string variants;
     for (const std::string& v : g.variants)
       variants += (variants.empty() ? "" : ",") + v;
-    if (g.interchangeable) variants += " (any time)";
-    std::printf("%-16s %-10s %-22s %4zu %6zu\n", g.name.c_str(), g.variant.c_str(),
-                variants.c_str(), g.ops, g.sites);
+    std::string notes;
+    if (g.interchangeable) notes += "switchable any time";
+    if (!g.feature.empty()) {
+      notes += std::string(notes.empty() ? "" : "; ") + "keyed on " + g.feature +
+               (g.feature_present ? " (present)" : " (absent)");
+    }
+    std::printf("%-16s %-11s %-22s %4zu %6zu  %s\n", g.name.c_str(), g.variant.c_str(),
+                variants.c_str(), g.ops, g.sites, notes.c_str());
   }
   std::printf("\n%-18s %-24s %3s %-9s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT", "INSTRUCTION",
               "IN");
   for (const SiteStatus& site : s.sites) {
-    std::printf("%-18s %-24s %3u %-9s %-60s %s\n", engine::hex(site.address).c_str(),
+    std::printf("%-18s %-24s %3u %-10s %-60s %s\n", engine::hex(site.address).c_str(),
                 site.op.c_str(), static_cast<unsigned>(site.length), site.variant.c_str(),
                 site.instruction.c_str(), site.symbol.empty() ? "?" : site.symbol.c_str());
   }
@@ -123,6 +145,8 @@ void print_json(const EngineStatus& s) {
       j.value(v);
     j.end_array();
     j.key("interchangeable").value(g.interchangeable);
+    j.key("feature").value(g.feature);
+    j.key("feature_present").value(g.feature_present);
     j.key("ops").value(static_cast<std::uint64_t>(g.ops));
     j.key("sites").value(static_cast<std::uint64_t>(g.sites));
     j.end_object();

@@ -77,4 +77,50 @@ CpuInfo read_cpu_info() {
   return info;
 }
 
+namespace {
+
+struct FeatureField {
+  std::string_view name;
+  bool CpuInfo::*field;
+};
+
+// Sorted by name, as cpu_feature_names() promises.
+constexpr FeatureField kFeatures[] = {
+    {"clflushopt", &CpuInfo::clflushopt},
+    {"hle", &CpuInfo::hle},
+    {"rdpid", &CpuInfo::rdpid},
+    {"rdtscp", &CpuInfo::rdtscp},
+    {"rtm", &CpuInfo::rtm},
+    {"serialize", &CpuInfo::serialize},
+};
+
+const FeatureField* find_feature(std::string_view name) {
+  for (const FeatureField& f : kFeatures) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::span<const std::string_view> cpu_feature_names() {
+  static constexpr std::string_view kNames[] = {"clflushopt", "hle", "rdpid",
+                                                "rdtscp",     "rtm", "serialize"};
+  static_assert(std::size(kNames) == std::size(kFeatures));
+  return kNames;
+}
+
+std::optional<bool> cpu_has(const CpuInfo& info, std::string_view name) {
+  const FeatureField* f = find_feature(name);
+  if (f == nullptr) return std::nullopt;
+  return info.*(f->field);
+}
+
+bool set_cpu_feature(CpuInfo& info, std::string_view name, bool present) {
+  const FeatureField* f = find_feature(name);
+  if (f == nullptr) return false;
+  info.*(f->field) = present;
+  return true;
+}
+
 }  // namespace repatch::x86

@@ -7,7 +7,10 @@
 #define REPATCH_ARCH_X86_CPUID_H_
 
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 
 namespace repatch::x86 {
 
@@ -45,6 +48,17 @@ struct CpuInfo {
 
 /// Reads every field of `CpuInfo` with CPUID (slow; see above).
 CpuInfo read_cpu_info();
+
+/// The names of the features above that feature-keyed alternatives may be keyed on, as used in
+/// declarations and options: "clflushopt", "hle", "rdpid", "rdtscp", "rtm", "serialize".
+std::span<const std::string_view> cpu_feature_names();
+
+/// Whether `info` reports feature `name`; std::nullopt when `name` is not one of
+/// cpu_feature_names().
+std::optional<bool> cpu_has(const CpuInfo& info, std::string_view name);
+
+/// Sets feature `name` in `info`. Returns false, changing nothing, for an unknown name.
+bool set_cpu_feature(CpuInfo& info, std::string_view name, bool present);
 
 }  // namespace repatch::x86
 

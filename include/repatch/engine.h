@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,9 +39,13 @@ struct GroupChoice {
 };
 
 struct BootOptions {
-  /// Initial variant per group. Groups not named start in their default (first) variant.
-  std::vector<GroupChoice> initial;
+  /// Initial variant per group. Groups not named start in their default (first) variant, except
+  /// feature-keyed groups, which start in the variant that matches the CPU.
+  std::vector<GroupChoice> initial = {};
   TextWriter writer = TextWriter::kMemfdAlias;
+  /// When set, the CPU features to assume instead of those CPUID reports (for tests and replays):
+  /// every feature not listed is taken as absent. Names as in REPATCH_DEFINE_FEATURE_GROUP.
+  std::optional<std::vector<std::string>> features = std::nullopt;
 };
 
 struct GroupStatus {
@@ -48,6 +53,8 @@ struct GroupStatus {
   std::string variant;  ///< current variant, or "indirect"
   std::vector<std::string> variants;
   bool interchangeable = false;  ///< may switch without stopping vCPUs (feature alternatives)
+  std::string feature;           ///< the CPU feature a feature group is keyed on, else ""
+  bool feature_present = false;  ///< whether the CPU (or BootOptions::features) has it
   std::size_t ops = 0;
   std::size_t sites = 0;
 };
@@ -84,7 +91,8 @@ class Engine {
   /// Call once, while this process has a single thread. Planning happens before anything is
   /// written, so a failure leaves the text exactly as it was.
   /// Fails with kState (already booted, or other threads are running), kUnknownName (a group or
-  /// variant in `options` does not exist; the message lists the ones that do), kForeignWrite (a
+  /// variant in `options` does not exist, or a feature in `options.features` is unknown; the
+  /// message lists the ones that do), kForeignWrite (a
   /// site does not hold its unpatched instruction; the message names the site), kBadImage or
   /// kUnrelocatable (a variant's image cannot fill its sites), kBadSiteRecord, kInvalidArgument
   /// (a declaration is inconsistent, or a group is named twice in `options`) or kSystem (the

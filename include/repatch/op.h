@@ -58,6 +58,9 @@ struct GroupDesc {
   const char* const* variants;  ///< variant names; [0] is the default
   std::uint32_t variant_count;
   std::uint32_t flags;  ///< kGroup* bits
+  /// For a feature-keyed alternative: the CPU feature ("rtm", "clflushopt", ...) whose presence
+  /// selects variants[1] and whose absence selects variants[0]. Null for other groups.
+  const char* feature;
 };
 
 struct OpDesc {
@@ -110,15 +113,25 @@ static_assert(sizeof(SiteRecord) == 8);
 #define REPATCH_DECLARE_GROUP(group) \
   extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::GroupDesc repatch_group_##group
 
+#define REPATCH_DETAIL_DEFINE_GROUP(group, flags, feature, ...)                                    \
+  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                       \
+  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                             \
+      #group, repatch_group_variants_##group,                                                      \
+      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]), (flags), \
+      (feature)};                                                                                  \
+  REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
+
 /// Defines group `group` with `flags` (0 or abi::kGroup* bits) and its variant names; the first is
 /// the default, the variant every site runs before boot().
-#define REPATCH_DEFINE_GROUP(group, flags, ...)                                           \
-  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};              \
-  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                    \
-      #group, repatch_group_variants_##group,                                             \
-      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]), \
-      (flags)};                                                                           \
-  REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
+#define REPATCH_DEFINE_GROUP(group, flags, ...) \
+  REPATCH_DETAIL_DEFINE_GROUP(group, flags, nullptr, __VA_ARGS__)
+
+/// Defines a feature-keyed alternative: group `group` has two variants, `without` (the default,
+/// correct on every CPU) and `with` (needs CPU feature `feature`: one of "clflushopt", "hle",
+/// "rdpid", "rdtscp", "rtm", "serialize"). boot() picks `with` when the CPU reports the feature,
+/// unless the boot options name the group.
+#define REPATCH_DEFINE_FEATURE_GROUP(group, flags, feature, without, with) \
+  REPATCH_DETAIL_DEFINE_GROUP(group, flags, feature, without, with)
 
 // ---- ops -------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ bool contains(const std::string& haystack, const std::string& needle) {
 
 // A catalog of one group {one, two} with one op whose variants are the given fragments.
 struct OneOp {
-  abi::GroupDesc group{"g", kVariants, 2, 0};
+  abi::GroupDesc group{"g", kVariants, 2, 0, nullptr};
   abi::OpDesc op;
   abi::VariantDesc one;
   abi::VariantDesc two;
@@ -159,6 +159,28 @@ TEST(BadInput, DuplicateOpAndGroupNames) {
   ASSERT_FALSE(catalog.ok());
   EXPECT_EQ(catalog.error().code(), ErrorCode::kInvalidArgument);
   EXPECT_TRUE(contains(catalog.error().message(), "defined twice"));
+}
+
+TEST(BadInput, FeatureGroupOnUnknownFeature) {
+  static const std::uint8_t kXor[] = {0x31, 0xc0};
+  OneOp d(8, kXor);
+  d.group.feature = "warp_drive";
+  Result<Catalog> catalog = Catalog::build(d.descriptors.view());
+  ASSERT_FALSE(catalog.ok());
+  EXPECT_EQ(catalog.error().code(), ErrorCode::kUnknownName);
+  EXPECT_TRUE(contains(catalog.error().message(), "warp_drive"));
+  d.group.feature = "rtm";
+  EXPECT_TRUE(Catalog::build(d.descriptors.view()).ok());
+}
+
+TEST(BadInput, FeatureGroupWithThreeVariants) {
+  static const std::uint8_t kXor[] = {0x31, 0xc0};
+  static const char* const kThree[] = {"one", "two", "three"};
+  OneOp d(8, kXor);
+  d.group = {"g", kThree, 3, 0, "rtm"};
+  Result<Catalog> catalog = Catalog::build(d.descriptors.view());
+  ASSERT_FALSE(catalog.ok());
+  EXPECT_EQ(catalog.error().code(), ErrorCode::kInvalidArgument);
 }
 
 TEST(BadInput, UnknownGroupAtBoot) {

@@ -35,6 +35,7 @@ TEST_P(BootInVariant, SitesBehaveAsTheirVariant) {
 
   const EngineStatus status = engine.value()->status();
   for (const SiteStatus& site : status.sites) {
+    if (site.group == "demo_flush") continue;  // keyed on the CPU; see the Feature tests
     EXPECT_EQ(site.variant, site.group == "demo_lock" ? lock_variant : clock_variant) << site.op;
   }
   EXPECT_EQ(engine.value()->current_variant("demo_lock").value(), lock_variant);
@@ -94,6 +95,68 @@ INSTANTIATE_TEST_SUITE_P(Demo, BootInVariant,
                                                               TextWriter::kProcSelfMem)),
                          case_name);
 
+const GroupStatus& group_status(const EngineStatus& status, const std::string& name) {
+  for (const GroupStatus& g : status.groups) {
+    if (g.name == name) return g;
+  }
+  ADD_FAILURE() << "no group " << name;
+  return status.groups.front();
+}
+
+std::string flush_instruction(const EngineStatus& status) {
+  for (const SiteStatus& s : status.sites) {
+    if (s.op == "demo_flush_line") return s.instruction;
+  }
+  return "";
+}
+
+TEST(Feature, GroupFollowsTheCpuByDefault) {
+  Result<Engine*> engine = boot();
+  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+  const EngineStatus status = engine.value()->status();
+  const GroupStatus& flush = group_status(status, "demo_flush");
+  EXPECT_EQ(flush.feature, "clflushopt");
+  EXPECT_EQ(flush.variant, flush.feature_present ? "clflushopt" : "clflush");
+  static std::uint64_t line = 7;
+  demo::flush(&line);  // runs whichever flush the site holds; a #UD would kill the test
+  EXPECT_EQ(line, 7u);
+}
+
+TEST(Feature, AssumedFeaturesChooseTheVariant) {
+  Result<Engine*> engine = boot({.initial = {}, .features = std::vector<std::string>{}});
+  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+  const EngineStatus status = engine.value()->status();
+  EXPECT_EQ(group_status(status, "demo_flush").variant, "clflush");
+  EXPECT_FALSE(group_status(status, "demo_flush").feature_present);
+  EXPECT_NE(flush_instruction(status).find("clflush "), std::string::npos)
+      << flush_instruction(status);
+}
+
+TEST(Feature, AssumedPresentFeatureChoosesTheWithVariant) {
+  Result<Engine*> engine =
+      boot({.initial = {}, .features = std::vector<std::string>{"clflushopt", "rtm"}});
+  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+  const EngineStatus status = engine.value()->status();
+  EXPECT_EQ(group_status(status, "demo_flush").variant, "clflushopt");
+  EXPECT_NE(flush_instruction(status).find("clflushopt"), std::string::npos)
+      << flush_instruction(status);
+}
+
+TEST(Feature, ExplicitChoiceOverridesTheCpu) {
+  Result<Engine*> engine = boot(
+      {.initial = {{"demo_flush", "clflush"}}, .features = std::vector<std::string>{"clflushopt"}});
+  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+  EXPECT_EQ(engine.value()->current_variant("demo_flush").value(), "clflush");
+}
+
+TEST(Feature, UnknownAssumedFeatureRefused) {
+  Result<Engine*> engine = boot({.initial = {}, .features = std::vector<std::string>{"avx9000"}});
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.error().code(), ErrorCode::kUnknownName);
+  EXPECT_NE(engine.error().message().find("'clflushopt'"), std::string::npos)
+      << engine.error().message();
+}
+
 TEST(Boot, DefaultsToFirstVariantOfEachGroup) {
   Result<Engine*> engine = boot();
   ASSERT_TRUE(engine.ok()) << engine.error().to_string();
@@ -151,7 +214,7 @@ TEST(Boot, StatusNamesSitesAndFunctions) {
   Result<Engine*> engine = boot({.initial = {{"demo_lock", "pv"}}});
   ASSERT_TRUE(engine.ok());
   const EngineStatus status = engine.value()->status();
-  ASSERT_EQ(status.groups.size(), 2u);
+  ASSERT_EQ(status.groups.size(), 3u);
   std::size_t lock_sites = 0;
   for (const SiteStatus& s : status.sites) {
     EXPECT_FALSE(s.instruction.empty());
@@ -164,6 +227,7 @@ TEST(Boot, StatusNamesSitesAndFunctions) {
       EXPECT_EQ(g.sites, lock_sites);
       EXPECT_EQ(g.ops, 3u);
       EXPECT_FALSE(g.interchangeable);
+      EXPECT_EQ(g.feature, "");
     } else {
       EXPECT_TRUE(g.interchangeable);
     }

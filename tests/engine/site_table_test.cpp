@@ -20,8 +20,8 @@ extern "C" void crafted_callable() {}
 const char* const kVariants[] = {"one", "two"};
 const std::uint8_t kXorEax[] = {0x31, 0xc0};
 const std::uint8_t kMovEax1[] = {0xb8, 0x01, 0x00, 0x00, 0x00};
-const abi::GroupDesc kGroupA{"group_a", kVariants, 2, 0};
-const abi::GroupDesc kGroupB{"group_b", kVariants, 2, 0};
+const abi::GroupDesc kGroupA{"group_a", kVariants, 2, 0, nullptr};
+const abi::GroupDesc kGroupB{"group_b", kVariants, 2, 0, nullptr};
 void* g_slot_a = reinterpret_cast<void*>(&crafted_callable);
 void* g_slot_b = reinterpret_cast<void*>(&crafted_callable);
 const abi::OpDesc kOpA{"op_a", &kGroupA, &g_slot_a, 8};
