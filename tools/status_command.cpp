@@ -117,7 +117,7 @@ void print_text(const EngineStatus& s) {
     std::printf("%-16s %-11s %-22s %4zu %6zu  %s\n", g.name.c_str(), g.variant.c_str(),
                 variants.c_str(), g.ops, g.sites, notes.c_str());
   }
-  std::printf("\n%-18s %-24s %3s %-9s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT", "INSTRUCTION",
+  std::printf("\n%-18s %-24s %3s %-10s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT", "INSTRUCTION",
               "IN");
   for (const SiteStatus& site : s.sites) {
     std::printf("%-18s %-24s %3u %-10s %-60s %s\n", engine::hex(site.address).c_str(),
