@@ -97,13 +97,13 @@ namespace {
 // ---- one op, seven ways ----------------------------------------------------------------------
 
 [[gnu::always_inline]] inline void site_a(unsigned char* p) {
-  REPATCH_SITE(site_cost_a_store, , "D"(p));
+  REPATCH_SITE(site_cost_a_store, (), "D"(p));
 }
 [[gnu::always_inline]] inline void site_b(unsigned char* p) {
-  REPATCH_SITE(site_cost_b_store, , "D"(p));
+  REPATCH_SITE(site_cost_b_store, (), "D"(p));
 }
 [[gnu::always_inline]] inline void site_c(unsigned char* p) {
-  REPATCH_SITE(site_cost_c_store, , "D"(p));
+  REPATCH_SITE(site_cost_c_store, (), "D"(p));
 }
 // Same operand constraint and clobbers as a site: the compiler must treat the hand-written code
 // exactly as it treats a site, or the comparison measures register allocation instead.
@@ -114,7 +114,7 @@ namespace {
   asm volatile("call site_cost_store_zero" : : "D"(p) : REPATCH_DETAIL_SITE_CLOBBERS);
 }
 [[gnu::always_inline]] inline void site_f(unsigned char* p) {
-  REPATCH_SITE(site_cost_f_store, , "D"(p));
+  REPATCH_SITE(site_cost_f_store, (), "D"(p));
 }
 [[gnu::always_inline]] inline void cxx_call(unsigned char* p) {
   site_cost_store_zero_c(p);

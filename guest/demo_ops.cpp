@@ -1,7 +1,8 @@
 #include "guest/demo_ops.h"
 
 extern "C" {
-std::uint32_t demo_clock_value = 0x5eed;
+// used: only the shared variant's assembly reads it, which link-time optimisation cannot see.
+__attribute__((used)) std::uint32_t demo_clock_value = 0x5eed;
 std::atomic<std::uint64_t> demo_pv_acquire_calls{0};
 std::atomic<std::uint64_t> demo_pv_release_calls{0};
 std::atomic<std::uint64_t> demo_pv_preempted_calls{0};

@@ -50,28 +50,29 @@ REPATCH_DECLARE_OP(demo_flush_line, 8);
 
 namespace repatch::demo {
 
-inline void lock_acquire(Lock* lock) {
-  REPATCH_SITE(demo_lock_acquire, , "D"(lock));
+// always_inline: each site then lives in the function that runs the op, at any optimisation level.
+[[gnu::always_inline]] inline void lock_acquire(Lock* lock) {
+  REPATCH_SITE(demo_lock_acquire, (), "D"(lock));
 }
 
-inline void lock_release(Lock* lock) {
-  REPATCH_SITE(demo_lock_release, , "D"(lock));
+[[gnu::always_inline]] inline void lock_release(Lock* lock) {
+  REPATCH_SITE(demo_lock_release, (), "D"(lock));
 }
 
-inline bool vcpu_is_preempted(std::uint64_t cpu) {
+[[gnu::always_inline]] inline bool vcpu_is_preempted(std::uint64_t cpu) {
   std::uint32_t preempted;
-  REPATCH_SITE(demo_vcpu_is_preempted, "=a"(preempted), "D"(cpu));
+  REPATCH_SITE(demo_vcpu_is_preempted, ("=a"(preempted)), "D"(cpu));
   return (preempted & 0xff) != 0;
 }
 
-inline std::uint32_t clock_read() {
+[[gnu::always_inline]] inline std::uint32_t clock_read() {
   std::uint32_t now;
-  REPATCH_SITE(demo_clock_read, "=a"(now));
+  REPATCH_SITE(demo_clock_read, ("=a"(now)));
   return now;
 }
 
-inline void flush_line(const void* line) {
-  REPATCH_SITE(demo_flush_line, , "D"(line));
+[[gnu::always_inline]] inline void flush_line(const void* line) {
+  REPATCH_SITE(demo_flush_line, (), "D"(line));
 }
 
 }  // namespace repatch::demo

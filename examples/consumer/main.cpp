@@ -37,8 +37,8 @@ REPATCH_CALL_VARIANT(counter_note, plain, note_plain_thunk);
 REPATCH_CALL_VARIANT(counter_note, atomic, note_atomic_thunk);
 
 __attribute__((noinline)) void count(std::uint64_t* value) {
-  REPATCH_SITE(counter_inc, , "D"(value));
-  REPATCH_SITE(counter_note, );
+  REPATCH_SITE(counter_inc, (), "D"(value));
+  REPATCH_SITE(counter_note, ());
 }
 
 int main(int argc, char** argv) {

@@ -14,7 +14,8 @@
 //
 // The op ABI is callee-save: a site preserves every general-purpose register except the outputs it
 // declares, and the stack pointer. Flags, vector registers (xmm0-15) and memory are clobbered. An
-// inline variant therefore costs what the same instruction written by hand costs. A call variant
+// inline variant therefore costs what the same instruction written by hand costs. When the code is
+// built with AVX-512, xmm16-31 and k1-k7 are clobbered too. A call variant
 // targets code that keeps that promise: a hand-written assembly routine, or a C function wrapped
 // by REPATCH_CALLEE_SAVE_THUNK. x87 state must not be live across a site.
 //
@@ -26,7 +27,7 @@
 //   // in a header
 //   REPATCH_DECLARE_GROUP(demo_lock);
 //   REPATCH_DECLARE_OP(demo_release, 8);   // 8-byte sites
-//   inline void demo_release(Lock* l) { REPATCH_SITE(demo_release, , "D"(l)); }
+//   inline void demo_release(Lock* l) { REPATCH_SITE(demo_release, (), "D"(l)); }
 //
 //   // in exactly one .cpp, all together (a linker drops unreferenced objects of a static library)
 //   REPATCH_DEFINE_GROUP(demo_lock, 0, "native", "pv");       // the first variant is the default
@@ -95,9 +96,11 @@ static_assert(sizeof(SiteRecord) == 8);
 }  // namespace repatch::abi
 
 // ---- implementation details of the macros ----------------------------------------------------
+// clang-format off: the assembly below is laid out one directive per line on purpose.
 
 #define REPATCH_DETAIL_STR2(x) #x
 #define REPATCH_DETAIL_STR(x) REPATCH_DETAIL_STR2(x)
+#define REPATCH_DETAIL_UNWRAP(...) __VA_ARGS__
 #define REPATCH_DETAIL_USED __attribute__((used))
 #define REPATCH_DETAIL_HIDDEN __attribute__((visibility("hidden")))
 
@@ -157,15 +160,23 @@ static_assert(sizeof(SiteRecord) == 8);
 // ---- variants --------------------------------------------------------------------------------
 
 /// Variant `variant` of `op` is the single instruction `insn` (AT&T syntax), copied into every site
-/// and padded with CS prefixes. RIP-relative operands are relocated. The instruction must not
-/// address the stack: its callable form (insn; ret) runs with %rsp 8 bytes lower.
+/// and padded with CS prefixes. RIP-relative operands are relocated. The instruction must not use
+/// the stack pointer: its callable form (insn; ret) runs with %rsp 8 bytes lower. A variable that
+/// only `insn` references must be marked __attribute__((used)), or link-time optimisation, which
+/// cannot see into assembly, may drop it.
 #define REPATCH_INLINE_VARIANT(op, variant, insn)                                             \
   asm(".pushsection repatch_fragments, \"a\"\n"                                               \
+      ".globl repatch_fragment_" #op "__" #variant                                            \
+      "\n"                                                                                    \
       ".hidden repatch_fragment_" #op "__" #variant                                           \
+      "\n"                                                                                    \
+      ".globl repatch_fragment_end_" #op "__" #variant                                        \
       "\n"                                                                                    \
       ".hidden repatch_fragment_end_" #op "__" #variant                                       \
       "\n"                                                                                    \
-      "repatch_fragment_" #op "__" #variant ":\n\t" insn                                      \
+      "repatch_fragment_" #op "__" #variant                                                   \
+      ":\n"                                                                                   \
+      "\t" insn                                                                               \
       "\n"                                                                                    \
       "repatch_fragment_end_" #op "__" #variant                                               \
       ":\n"                                                                                   \
@@ -177,8 +188,13 @@ static_assert(sizeof(SiteRecord) == 8);
       "\n"                                                                                    \
       ".type repatch_callable_" #op "__" #variant                                             \
       ", @function\n"                                                                         \
-      "repatch_callable_" #op "__" #variant ":\n\t" insn                                      \
-      "\n\tret\n"                                                                             \
+      "repatch_callable_" #op "__" #variant                                                   \
+      ":\n"                                                                                   \
+      "\t.cfi_startproc\n"                                                                    \
+      "\t" insn                                                                               \
+      "\n"                                                                                    \
+      "\tret\n"                                                                               \
+      "\t.cfi_endproc\n"                                                                      \
       ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant \
       "\n"                                                                                    \
       ".popsection\n");                                                                       \
@@ -217,17 +233,21 @@ static_assert(sizeof(SiteRecord) == 8);
 #define REPATCH_DETAIL_THUNK_SAVE_RAX_value ""
 #define REPATCH_DETAIL_THUNK_RESTORE_RAX_void "\tpop %rax\n"
 #define REPATCH_DETAIL_THUNK_RESTORE_RAX_value ""
-// Saved registers other than %rax and %rbp, below the frame pointer.
+// Bytes of saved registers below the frame pointer: nine with %rax, eight without.
 #define REPATCH_DETAIL_THUNK_SAVED_void "72"
 #define REPATCH_DETAIL_THUNK_SAVED_value "64"
 
 /// Defines `thunk`, an extern "C" function with the op ABI that calls the ordinary extern "C"
-/// function `function` with the op's arguments (%rdi, %rsi, %rdx, %rcx, %r8, %r9 pass through).
-/// `result` is `value` when the op returns its result in %rax, `void` when it returns nothing (then
-/// %rax is preserved too). The thunk aligns the stack for `function`, whatever %rsp was at the
-/// site.
+/// function `function` (declared before this macro) with the op's arguments (%rdi, %rsi, %rdx,
+/// %rcx, %r8, %r9 pass through). `result` is `value` when the op returns its result in %rax,
+/// `void` when it returns nothing (then %rax is preserved too). The thunk aligns the stack for
+/// `function`, whatever %rsp was at the site, and carries unwind information.
 #define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                                         \
   extern "C" void thunk();                                                                         \
+  /* The thunk calls through this pointer: a `used` variable keeps its name under link-time        \
+     optimisation, which cannot see a call written in assembly. */                                 \
+  extern "C" REPATCH_DETAIL_USED REPATCH_DETAIL_HIDDEN void* const repatch_thunk_target_##thunk =  \
+      reinterpret_cast<void*>(&function);                                                          \
   asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                                     \
       ".globl " #thunk                                                                             \
       "\n"                                                                                         \
@@ -244,8 +264,8 @@ static_assert(sizeof(SiteRecord) == 8);
       "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                                       \
       "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                                         \
       "\tand $-16, %rsp\n"                                                                         \
-      "\tcall " #function                                                                          \
-      "@PLT\n"                                                                                     \
+      "\tcall *repatch_thunk_target_" #thunk                                                       \
+      "(%rip)\n"                                                                                   \
       "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result                                                \
       "(%rbp), %rsp\n"                                                                             \
       "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                             \
@@ -260,14 +280,26 @@ static_assert(sizeof(SiteRecord) == 8);
 
 // ---- sites -----------------------------------------------------------------------------------
 
-// The clobbers of every site: what the op ABI does not preserve.
+// What the op ABI does not preserve: flags, memory, and every vector and mask register that the
+// System V ABI lets a called function change (the C function behind a thunk may use them all).
+#if defined(__AVX512F__)
+#define REPATCH_DETAIL_SITE_CLOBBERS_AVX512                                                     \
+  , "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",   \
+      "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "k1", "k2", "k3", "k4", "k5", "k6", \
+      "k7"
+#else
+#define REPATCH_DETAIL_SITE_CLOBBERS_AVX512
+#endif
 #define REPATCH_DETAIL_SITE_CLOBBERS                                                              \
   "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
-      "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+      "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15" REPATCH_DETAIL_SITE_CLOBBERS_AVX512
 
 /// A site of `op`: emits the unpatched instruction (`call *repatch_slot_<op>(%rip)`, padded to the
-/// op's length) and its record. `outputs` are asm output operands (may be empty, e.g. `"=a"(r)`);
-/// the rest are input operands, e.g. `"D"(lock)`. Use inside an inline function per op.
+/// op's length) and its record. `outputs` is a parenthesised list of asm output operands, empty or
+/// not: `()`, `("=a"(result))`, `("=a"(lo), "=d"(hi))`. The rest are input operands, e.g.
+/// `"D"(lock)`. Use it inside an inline function per op. The record is emitted into the current
+/// function's section group ("?"), so that a function kept once out of several copies (an inline
+/// function emitted out of line in many translation units) keeps exactly one record.
 #define REPATCH_SITE(op, outputs, ...)                                              \
   asm inline volatile(                                                              \
       "661:\n\t"                                                                    \
@@ -278,15 +310,16 @@ static_assert(sizeof(SiteRecord) == 8);
       ".error \"repatch: site of " #op                                              \
       " is not exactly its op's length\"\n\t"                                       \
       ".endif\n\t"                                                                  \
-      ".pushsection repatch_sites, \"a\"\n\t"                                       \
+      ".pushsection repatch_sites, \"a?\"\n\t"                                      \
       ".balign 4\n\t"                                                               \
       ".long 661b - .\n\t"                                                          \
       ".long %P[repatch_op] - .\n\t"                                                \
       ".popsection"                                                                 \
-      : outputs                                                                     \
+      : REPATCH_DETAIL_UNWRAP outputs                                               \
       : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op), \
         [repatch_pad] "i"(repatch_op_length_##op - 6),                              \
         [repatch_len] "i"(repatch_op_length_##op)__VA_OPT__(, ) __VA_ARGS__         \
       : REPATCH_DETAIL_SITE_CLOBBERS)
 
+// clang-format on
 #endif  // REPATCH_OP_H_
