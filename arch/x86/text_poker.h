@@ -54,8 +54,12 @@ class TextPoker {
 
 /// Sets up the memfd alias for every page that intersects [first, last). Must be called while the
 /// process has a single thread that runs code in that range (at boot). The range must lie inside
-/// one executable, non-writable mapping of /proc/self/maps. Installs a fork handler so that a
-/// child process gets a private copy of the text and never patches its parent's code.
+/// one executable, non-writable mapping of /proc/self/maps. Installs fork handlers so that a
+/// child process gets a private copy of the text and never patches its parent's code, nor runs
+/// code the parent patches; every fork() then costs a memfd_create per live poker in the parent.
+/// A child that cannot get its copy (no descriptor was free in the parent at fork time, or an
+/// mmap failed) writes one line naming the call and errno to fd 2 and exits with status 127
+/// before it returns from fork().
 /// Fails with kSystem (memfd_create/mmap refused; the message names the call and errno),
 /// kInvalidArgument (the range is not inside one r-x mapping, or overlaps a live memfd poker) or
 /// kUnsupported (16 memfd pokers are already live).

@@ -9,12 +9,19 @@
 //
 // After that, write() is a few stores through the alias: no system call, no lock, no allocation.
 //
-// Fork: the child inherits both MAP_SHARED mappings of the same memfd, so without care a child
-// writing through its alias would patch its parent's running code (and the parent the child's).
-// A pthread_atfork child handler gives every live region a fresh memfd in the child before the
-// child runs anything else. The handler uses system calls only; the registry it walks is a fixed
-// array so that nothing allocates in the child of a multi-threaded parent (another thread may
-// have held the malloc lock at fork time).
+// Fork: the child inherits both MAP_SHARED mappings of the same memfd, so without care the
+// parent's patches would land in the child's running code (unserialised, in the middle of
+// whatever the child is doing) and the child's in the parent's. Every live region therefore gets
+// a memfd of its own in the child before the child runs anything else. The new descriptor is
+// made on the parent side, in the pthread_atfork prepare handler, because the child may have no
+// descriptor number left to make one (the parent was at RLIMIT_NOFILE) and a child that cannot
+// privatise has no safe way to go on. The child handler fills the spare and maps it over the
+// text and the alias; the parent handler closes the parent's copy. If the prepare handler could
+// not make a spare (it cannot fail fork()) or a child mapping fails, the child writes one line to
+// fd 2 and _exit(127)s: sharing its parent's code is never an outcome.
+// The child handler uses system calls only, and the registry it walks is a fixed array: nothing
+// allocates in the child of a multi-threaded parent (another thread may have held the malloc
+// lock at fork time).
 // The child copies whatever the text holds when its handler runs; parent threads keep running
 // and may be writing. A fork during a patch transaction can therefore give the child a torn site:
 // the engine must keep forks out of transactions (its own prepare handler can wait for them).
@@ -54,10 +61,11 @@ struct Region {
   std::uintptr_t begin = 0;  // text range, page aligned
   std::uintptr_t end = 0;
   std::uintptr_t alias = 0;  // start of the rw- mapping of the same memfd
-  // Set in a forked child when the region could not be given its own memfd; write() then refuses
-  // rather than patching the parent's code. Points to a string literal naming the system call.
-  const char* child_failed_call = nullptr;
-  int child_failed_errno = 0;
+  // Only between the fork prepare handler and the parent or child handler: the memfd the child
+  // will move the region onto, or -1 with the call that failed and its errno.
+  int spare_fd = -1;
+  const char* spare_failed_call = nullptr;  // a string literal
+  int spare_errno = 0;
 };
 
 // Guarded by g_registry_mutex. The fork prepare handler takes the mutex, so a child always sees
@@ -106,57 +114,131 @@ int copy_text_into(int fd, std::uintptr_t begin, std::size_t len) {
   return 0;
 }
 
-// Child side of fork, one region: fresh memfd with the current bytes, mapped r-x over the text
-// and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically, so the
-// text is never absent and the alias address is never free for something else to take.
-void reprivatise_in_child(Region& r) {
-  const std::size_t len = r.end - r.begin;
-  int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
-  const char* failed = nullptr;
-  int err = 0;
-  if (fd < 0) {
-    failed = "memfd_create";
-    err = errno;
-  } else if (::ftruncate(fd, static_cast<off_t>(len)) != 0) {
-    failed = "ftruncate";
-    err = errno;
-  } else if ((err = copy_text_into(fd, r.begin, len)) != 0) {
-    failed = "pwrite";
-  } else if (::mmap(as_ptr(r.begin), len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
-             MAP_FAILED) {
-    failed = "mmap(text, r-x, MAP_SHARED|MAP_FIXED)";
-    err = errno;
-  } else if (::mmap(as_ptr(r.alias), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) ==
-             MAP_FAILED) {
-    failed = "mmap(alias, rw-, MAP_SHARED|MAP_FIXED)";
-    err = errno;
+// Appends the decimal (or, with base 16, 0x-prefixed hex) form of `value` at `out`; returns the
+// end. Async-signal-safe, unlike snprintf.
+char* append_number(char* out, std::uintptr_t value, unsigned base) {
+  char digits[24];  // 2^64 - 1 has 20 decimal digits
+  std::size_t n = 0;
+  do {
+    digits[n++] = "0123456789abcdef"[value % base];
+    value /= base;
+  } while (value != 0);
+  if (base == 16) {
+    *out++ = '0';
+    *out++ = 'x';
   }
-  if (fd >= 0) {
-    ::close(fd);
+  while (n > 0) {
+    *out++ = digits[--n];
   }
-  if (failed == nullptr) {
-    return;
-  }
-  // The old alias still reaches the parent's memfd. Replace it with an inaccessible reservation
-  // (or, failing that, remove it) so that no stale pointer can patch the parent.
-  if (::mmap(as_ptr(r.alias), len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
-      MAP_FAILED) {
-    ::munmap(as_ptr(r.alias), len);
-  }
-  r.child_failed_call = failed;
-  r.child_failed_errno = err;
+  return out;
 }
 
+char* append_text(char* out, const char* text) {
+  while (*text != '\0') {
+    *out++ = *text++;
+  }
+  return out;
+}
+
+// The forked child cannot get a private copy of a region: its text would keep running the
+// parent's memfd, so every later patch of the parent would change the child's code with no
+// serialisation. Stopping is the only safe outcome; the line on fd 2 says why, since an exit
+// status of 127 alone would look like a failed exec. Async-signal-safe: write(2) and _exit only.
+[[noreturn]] void die_in_child(const Region& r, const char* call, int err) {
+  char line[512];  // the literals below bound the line well under this
+  char* p = line;
+  p = append_text(p, "repatch: fork child cannot get a private copy of the patched text [");
+  p = append_number(p, r.begin, 16);
+  p = append_text(p, ", ");
+  p = append_number(p, r.end, 16);
+  p = append_text(p, "): ");
+  p = append_text(p, call);
+  p = append_text(p, " failed, errno ");
+  p = append_number(p, static_cast<std::uintptr_t>(err), 10);
+  p = append_text(p, "; exiting (status 127) rather than run code the parent patches\n");
+  const char* q = line;
+  while (q < p) {
+    ssize_t n = ::write(STDERR_FILENO, q, static_cast<std::size_t>(p - q));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;  // nowhere to report; exit all the same
+    }
+    q += n;
+  }
+  ::_exit(127);
+}
+
+// Child side of fork, one region: the spare memfd gets the current bytes and is mapped r-x over
+// the text and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically,
+// so the text is never absent and the alias address is never free for something else to take.
+void reprivatise_in_child(Region& r) {
+  if (r.spare_fd < 0) {
+    die_in_child(r, r.spare_failed_call, r.spare_errno);
+  }
+  const std::size_t len = r.end - r.begin;
+  if (int err = copy_text_into(r.spare_fd, r.begin, len); err != 0) {
+    die_in_child(r, "pwrite(spare memfd)", err);
+  }
+  if (::mmap(as_ptr(r.begin), len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, r.spare_fd, 0) ==
+      MAP_FAILED) {
+    die_in_child(r, "mmap(text, r-x, MAP_SHARED|MAP_FIXED)", errno);
+  }
+  if (::mmap(as_ptr(r.alias), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r.spare_fd, 0) ==
+      MAP_FAILED) {
+    // The text is private already, but the alias would still patch the parent's code.
+    die_in_child(r, "mmap(alias, rw-, MAP_SHARED|MAP_FIXED)", errno);
+  }
+  ::close(r.spare_fd);  // the mappings keep the memfd alive
+  r.spare_fd = -1;
+}
+
+void close_spares() {
+  for (Region& r : g_regions) {
+    if (r.spare_fd >= 0) {
+      ::close(r.spare_fd);
+    }
+    r.spare_fd = -1;
+    r.spare_failed_call = nullptr;
+    r.spare_errno = 0;
+  }
+}
+
+// Costs a memfd_create and an ftruncate per live region on every fork(), even one followed by
+// exec: the price of never needing a descriptor in the child.
 void atfork_prepare() {
+  const int saved_errno = errno;  // fork()'s caller must not see our errors
   pthread_mutex_lock(&g_registry_mutex);
+  for (Region& r : g_regions) {
+    if (!r.live) {
+      continue;
+    }
+    // CLOEXEC: until the parent handler closes it, another thread may posix_spawn (which runs no
+    // fork handlers), and the spawned program must not inherit it.
+    r.spare_fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
+    if (r.spare_fd < 0) {
+      r.spare_failed_call = "memfd_create (in the parent, before fork)";
+      r.spare_errno = errno;
+    } else if (::ftruncate(r.spare_fd, static_cast<off_t>(r.end - r.begin)) != 0) {
+      r.spare_failed_call = "ftruncate(spare memfd) (in the parent, before fork)";
+      r.spare_errno = errno;
+      ::close(r.spare_fd);
+      r.spare_fd = -1;
+    }
+  }
+  errno = saved_errno;
 }
 
 void atfork_parent() {
+  const int saved_errno = errno;
+  close_spares();
   pthread_mutex_unlock(&g_registry_mutex);
+  errno = saved_errno;
 }
 
 void atfork_child() {
-  const int saved_errno = errno;  // the child's caller of fork() must not see our errors
+  const int saved_errno = errno;
   for (Region& r : g_regions) {
     if (r.live) {
       reprivatise_in_child(r);
@@ -176,10 +258,11 @@ int install_fork_handlers() {
 }
 
 // Stores `n` bytes in address order, each store naturally aligned and as wide as alignment and
-// the remaining length allow (8, 4, 2 or 1 bytes), so that an aligned 8-byte site window is
-// replaced by one single-copy-atomic store and a thread executing it sees the old or the new
-// instruction, never a mix. Relaxed atomic builtins rather than plain stores: the compiler may
-// neither tear them nor turn the loop into a call to memcpy.
+// the remaining length allow (8, 4, 2 or 1 bytes), so that an aligned 8-byte window is replaced
+// by one single-copy-atomic store as data. That does not make it atomic for instruction fetch on
+// another CPU: the architecture promises nothing for cross-modifying code without serialisation,
+// which is why live switches use the INT3 protocol. Relaxed atomic builtins rather than plain
+// stores: the compiler may neither tear them nor turn the loop into a call to memcpy.
 void store_code_bytes(std::uintptr_t dst, const std::uint8_t* src, std::size_t n) {
   // The source may be unaligned. __builtin_memcpy of a constant size is expanded inline at every
   // optimisation level into one load: no libc call.
@@ -240,11 +323,6 @@ class MemfdPoker final : public TextPoker {
     if (address < begin_ || address >= end_ || bytes.size() > end_ - address) {
       return outside_range(address, bytes.size());
     }
-    // Only this process's fork child handler writes these fields, before the child runs any
-    // other code, so reading them without the mutex races with nothing.
-    if (g_regions[slot_].child_failed_call != nullptr) {
-      return not_reprivatised();
-    }
     store_code_bytes(alias_ + (address - begin_), bytes.data(), bytes.size());
     return {};
   }
@@ -258,16 +336,6 @@ class MemfdPoker final : public TextPoker {
                      " is outside its text range " + range_text(begin_, end_) +
                      "; create the poker over every page that holds sites");
   }
-
-  [[gnu::noinline, gnu::cold]] Status not_reprivatised() const {
-    const Region& region = g_regions[slot_];
-    return Error(ErrorCode::kSystem,
-                 "memfd poker: after fork() this child could not get a private copy of the text " +
-                     range_text(begin_, end_) + " (" + region.child_failed_call + ": " +
-                     errno_text(region.child_failed_errno) +
-                     "); writing would patch the parent's code, so the write is refused");
-  }
-
   std::size_t slot_;
   std::uintptr_t begin_, end_, alias_;
 };

@@ -12,8 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -57,7 +59,7 @@ PAGE_FUNCTION(repatch_test_memfd_overlap);
 PAGE_FUNCTION(repatch_test_memfd_destroy);
 PAGE_FUNCTION(repatch_test_memfd_concurrent);
 PAGE_FUNCTION(repatch_test_memfd_fork);
-PAGE_FUNCTION(repatch_test_memfd_fork_fails);
+PAGE_FUNCTION(repatch_test_memfd_fork_no_fd);
 PAGE_FUNCTION(repatch_test_procmem_basic);
 PAGE_FUNCTION(repatch_test_procmem_refused);
 
@@ -384,45 +386,151 @@ TEST(TextPoker, ForkedChildPatchesItsOwnCopyOnly) {
   EXPECT_EQ(fn(), 3);
 }
 
-TEST(TextPoker, ForkedChildWithoutPrivateTextRefusesToWrite) {
-  auto* fn = &repatch_test_memfd_fork_fails;
+// Exit codes of the helper process of the next test, one per check, so a failure says which.
+enum NoFdHelperExit : int {
+  kHelperOk = 0,
+  kHelperSetupFailed = 30,
+  kHelperOpenFailedOtherThanEmfile = 31,
+  kHelperForkFailed = 32,
+  kHelperGrandchildReturnedFromFork = 33,
+  kHelperGrandchildNotExit127 = 34,
+  kHelperTextTouched = 35,
+  kHelperOneFreeSlotForkFailed = 36,
+  kHelperSawGrandchildPatch = 37,
+  kHelperSpareLeaked = 38,
+  kHelperWriteFailed = 39,
+};
+
+// The grandchild's exit code if it ever gets to run test code after fork().
+constexpr int kGrandchildReturned = 99;
+
+// The fork handler needs a descriptor per region. With none free in the parent, a child must not
+// go on running text that is shared with its parent; it must stop at once and say why. Runs in a
+// helper process so that the descriptor limit and the open descriptors do not outlive the test.
+TEST(TextPoker, ForkWithNoFreeDescriptorStopsTheChildLoudly) {
+  auto* fn = &repatch_test_memfd_fork_no_fd;
   auto poker = memfd_poker_for(fn);
   ASSERT_NE(poker, nullptr);
-  // Make memfd_create fail in the child's fork handler: no descriptor number is left free.
-  int lowest_free = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(lowest_free, 0);
-  close(lowest_free);
-  rlimit old{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-  rlimit tight = old;
-  tight.rlim_cur = static_cast<rlim_t>(lowest_free);
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
-  pid_t pid = fork();
-  setrlimit(RLIMIT_NOFILE, &old);  // both sides
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    // This test process has no other thread, so the child may allocate (the error message).
-    repatch::Status s = poker->write(addr(fn), returns(2));
-    if (s.ok()) {
-      _exit(20);
+  int messages[2];
+  ASSERT_EQ(pipe2(messages, O_CLOEXEC), 0);
+
+  const pid_t helper = fork();
+  ASSERT_GE(helper, 0);
+  if (helper == 0) {
+    // The grandchildren inherit this fd 2, so the test reads what the fork handler writes.
+    if (dup2(messages[1], STDERR_FILENO) != STDERR_FILENO) {
+      _exit(kHelperSetupFailed);
     }
-    if (s.error().code() != repatch::ErrorCode::kSystem ||
-        s.error().message().find("memfd_create") == std::string::npos ||
-        s.error().message().find("parent's code") == std::string::npos) {
-      _exit(21);
+    close(messages[0]);
+    close(messages[1]);
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      _exit(kHelperSetupFailed);
+    }
+    limit.rlim_cur = std::min<rlim_t>(limit.rlim_cur, 64);
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      _exit(kHelperSetupFailed);
+    }
+    int last_fd = -1;
+    for (;;) {
+      const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        if (errno != EMFILE) {
+          _exit(kHelperOpenFailedOtherThanEmfile);
+        }
+        break;
+      }
+      last_fd = fd;
+    }
+    if (last_fd < 0) {
+      _exit(kHelperSetupFailed);  // nothing to free for the second half
+    }
+
+    // No descriptor left: the prepare handler cannot make the spare memfd.
+    pid_t grandchild = fork();
+    if (grandchild < 0) {
+      _exit(kHelperForkFailed);
+    }
+    if (grandchild == 0) {
+      _exit(kGrandchildReturned);
+    }
+    int status = 0;
+    if (waitpid(grandchild, &status, 0) != grandchild) {
+      _exit(kHelperSetupFailed);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == kGrandchildReturned) {
+      _exit(kHelperGrandchildReturnedFromFork);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 127) {
+      _exit(kHelperGrandchildNotExit127);
     }
     repatch::x86::sync_core();
-    _exit(fn() == 1 ? 0 : 22);
+    if (read_code(fn) != kReturns1 || fn() != 1) {
+      _exit(kHelperTextTouched);
+    }
+
+    // Exactly one descriptor free: enough, because the child needs none of its own.
+    close(last_fd);
+    grandchild = fork();
+    if (grandchild < 0) {
+      _exit(kHelperForkFailed);
+    }
+    if (grandchild == 0) {
+      if (!poker->write(addr(fn), returns(2)).ok()) {
+        _exit(1);
+      }
+      repatch::x86::sync_core();
+      _exit(fn() == 2 ? 0 : 2);
+    }
+    if (waitpid(grandchild, &status, 0) != grandchild || !WIFEXITED(status) ||
+        WEXITSTATUS(status) != 0) {
+      _exit(kHelperOneFreeSlotForkFailed);
+    }
+    repatch::x86::sync_core();
+    if (fn() != 1) {
+      _exit(kHelperSawGrandchildPatch);
+    }
+    // The parent handler must have closed the spare, or this process would be one fd short.
+    if (open("/dev/null", O_RDONLY | O_CLOEXEC) < 0) {
+      _exit(kHelperSpareLeaked);
+    }
+    if (!poker->write(addr(fn), returns(3)).ok()) {
+      _exit(kHelperWriteFailed);
+    }
+    repatch::x86::sync_core();
+    _exit(fn() == 3 ? kHelperOk : kHelperWriteFailed);
   }
+
+  close(messages[1]);
+  std::string stderr_text;
+  char buf[512];
+  for (;;) {
+    const ssize_t n = read(messages[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    stderr_text.append(buf, static_cast<std::size_t>(n));
+  }
+  close(messages[0]);
   int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child crashed, status " << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_EQ(fn(), 1);
-  // The parent's poker is unaffected.
-  ASSERT_TRUE(poker->write(addr(fn), returns(3)).ok());
+  ASSERT_EQ(waitpid(helper, &status, 0), helper);
+  ASSERT_TRUE(WIFEXITED(status)) << "the helper crashed, status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), kHelperOk) << "fd 2 of the helper: " << stderr_text;
+
+  EXPECT_TRUE(stderr_text.starts_with("repatch: fork child")) << stderr_text;
+  EXPECT_NE(stderr_text.find("memfd_create"), std::string::npos) << stderr_text;
+  EXPECT_NE(stderr_text.find("errno " + std::to_string(EMFILE)), std::string::npos) << stderr_text;
+  EXPECT_EQ(std::count(stderr_text.begin(), stderr_text.end(), '\n'), 1)
+      << "expected one line, from the first grandchild only: " << stderr_text;
+  EXPECT_TRUE(stderr_text.ends_with("\n")) << stderr_text;
+
+  // Nothing the helper or its children did reached this process's copy.
   repatch::x86::sync_core();
-  EXPECT_EQ(fn(), 3);
+  EXPECT_EQ(read_code(fn), kReturns1);
+  EXPECT_EQ(fn(), 1);
 }
 
 TEST(TextPoker, ProcMemWriteChangesWhatTheFunctionReturns) {
