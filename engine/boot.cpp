@@ -108,11 +108,46 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
   return writes;
 }
 
+// After a failed write: puts every site already written back to its unpatched image, so that no
+// group is left half-switched (the op slots are not touched until every write succeeded). Returns
+// what happened, for the error message.
+std::string undo_boot_writes(Engine::Impl& impl) {
+  std::size_t undone = 0;
+  std::size_t stuck = 0;
+  for (engine::SiteEntry& entry : impl.table.entries()) {
+    if (entry.variant.load(std::memory_order_relaxed) == engine::kIndirect) continue;
+    Result<x86::Image> indirect =
+        engine::site_image(impl.catalog, impl.table, entry, engine::kIndirect);
+    if (indirect.ok() &&
+        impl.poker->write(impl.table.address(entry), indirect.value().view()).ok()) {
+      entry.variant.store(engine::kIndirect, std::memory_order_relaxed);
+      ++undone;
+    } else {
+      ++stuck;
+    }
+  }
+  x86::sync_core();
+  if (stuck == 0) {
+    return "the " + std::to_string(undone) +
+           " sites written before it were put back to their unpatched image";
+  }
+  return std::to_string(stuck) +
+         " sites written before it could not be put back and hold their new image: do not "
+         "boot again in this process";
+}
+
 Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
                                                     const engine::SiteTable& table) {
   if (table.entries().empty()) return std::unique_ptr<x86::TextPoker>();
   if (writer == TextWriter::kProcSelfMem) return x86::make_procmem_poker();
-  return x86::make_memfd_poker(table.base(), table.limit());
+  Result<std::unique_ptr<x86::TextPoker>> poker =
+      x86::make_memfd_poker(table.base(), table.limit());
+  if (poker.ok() || poker.error().code() == ErrorCode::kSystem) return poker;
+  // The range is the span of every site; the memfd writer remaps it as one executable mapping.
+  return Error(ErrorCode::kUnsupported,
+               "the memfd text writer cannot remap the sites' range " + engine::hex(table.base()) +
+                   "-" + engine::hex(table.limit()) + " (" + poker.error().message() +
+                   "); boot with TextWriter::kProcSelfMem instead");
 }
 
 Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
@@ -160,7 +195,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
       return Error(s.error().code(),
                    "boot could not write " +
                        engine::describe_site(impl->catalog, impl->table, *w.entry) + ": " +
-                       s.error().message() + " (sites written before it keep their new image)");
+                       s.error().message() + "; " + undo_boot_writes(*impl));
     }
     w.entry->variant.store(w.variant, std::memory_order_relaxed);
   }

@@ -31,7 +31,8 @@ constexpr const char* kUsage =
     "  --json               print one JSON object instead of text\n"
     "  -h, --help           print this help\n"
     "\n"
-    "Exit status: 0 on success, 1 when boot fails (the reason is printed), 2 on bad usage.\n";
+    "Exit status: 0 on success, 1 when boot fails (the reason is printed) or the output cannot\n"
+    "be written, 2 on bad usage.\n";
 
 struct Options {
   BootOptions boot;
@@ -62,7 +63,14 @@ int parse(int argc, char** argv, Options& options) {
         std::fprintf(stderr, "repatch status: --set wants GROUP=VARIANT, got '%s'\n", value);
         return 2;
       }
-      options.boot.initial.push_back({std::string(value, eq), std::string(eq + 1)});
+      const std::string group(value, eq);
+      for (const GroupChoice& earlier : options.boot.initial) {
+        if (earlier.group == group) {
+          std::fprintf(stderr, "repatch status: --set names group '%s' twice\n", group.c_str());
+          return 2;
+        }
+      }
+      options.boot.initial.push_back({group, std::string(eq + 1)});
     } else if (arg == "--cpu-features") {
       const char* value = next("--cpu-features");
       if (value == nullptr) return 2;
@@ -117,8 +125,8 @@ void print_text(const EngineStatus& s) {
     std::printf("%-16s %-11s %-22s %4zu %6zu  %s\n", g.name.c_str(), g.variant.c_str(),
                 variants.c_str(), g.ops, g.sites, notes.c_str());
   }
-  std::printf("\n%-18s %-24s %3s %-10s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT", "INSTRUCTION",
-              "IN");
+  std::printf("\n%-18s %-24s %3s %-10s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT",
+              "INSTRUCTION", "IN");
   for (const SiteStatus& site : s.sites) {
     std::printf("%-18s %-24s %3u %-10s %-60s %s\n", engine::hex(site.address).c_str(),
                 site.op.c_str(), static_cast<unsigned>(site.length), site.variant.c_str(),
@@ -189,6 +197,10 @@ int status_command(int argc, char** argv) {
     print_json(status);
   } else {
     print_text(status);
+  }
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "repatch status: could not write the output\n");
+    return 1;
   }
   return 0;
 }

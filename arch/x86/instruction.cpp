@@ -520,13 +520,20 @@ Status verify_stack_neutral(std::span<const std::uint8_t> fragment, std::uintptr
   Result<Decoded> decoded = decode_site_instruction(fragment, address, "fragment");
   if (!decoded.ok()) return decoded.error();
   const Decoded& d = decoded.value();
-  if (d.instruction.mnemonic == ZYDIS_MNEMONIC_CALL) return {};
-  for (std::size_t i = 0; i < d.instruction.operand_count; ++i) {
+  // A CALL's own push and its RET's pop balance, so only its explicit operands count (`call
+  // *8(%rsp)` reads the stack); for anything else every operand does, hidden ones included (PUSH).
+  const std::size_t count = d.instruction.mnemonic == ZYDIS_MNEMONIC_CALL
+                                ? d.instruction.operand_count_visible
+                                : d.instruction.operand_count;
+  auto is_rsp = [](ZydisRegister reg) {
+    return reg != ZYDIS_REGISTER_NONE &&
+           ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, reg) == ZYDIS_REGISTER_RSP;
+  };
+  for (std::size_t i = 0; i < count; ++i) {
     const ZydisDecodedOperand& op = d.operands[i];
     const bool uses_rsp =
-        (op.type == ZYDIS_OPERAND_TYPE_REGISTER && op.reg.value == ZYDIS_REGISTER_RSP) ||
-        (op.type == ZYDIS_OPERAND_TYPE_MEMORY &&
-         (op.mem.base == ZYDIS_REGISTER_RSP || op.mem.index == ZYDIS_REGISTER_RSP));
+        (op.type == ZYDIS_OPERAND_TYPE_REGISTER && is_rsp(op.reg.value)) ||
+        (op.type == ZYDIS_OPERAND_TYPE_MEMORY && (is_rsp(op.mem.base) || is_rsp(op.mem.index)));
     if (uses_rsp) {
       return Error(ErrorCode::kBadImage,
                    "fragment " + describe(d, fragment, address) +

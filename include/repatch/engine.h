@@ -89,14 +89,17 @@ class Engine {
 
   /// Boots the engine: checks every declaration and site, then writes each site's initial image.
   /// Call once, while this process has a single thread. Planning happens before anything is
-  /// written, so a failure leaves the text exactly as it was.
+  /// written, so a failure in planning leaves the text exactly as it was (a later failure may
+  /// leave it remapped to the memfd, with every site still unpatched).
   /// Fails with kState (already booted, or other threads are running), kUnknownName (a group or
   /// variant in `options` does not exist, or a feature in `options.features` is unknown; the
   /// message lists the ones that do), kForeignWrite (a
   /// site does not hold its unpatched instruction; the message names the site), kBadImage or
   /// kUnrelocatable (a variant's image cannot fill its sites), kBadSiteRecord, kInvalidArgument
-  /// (a declaration is inconsistent, or a group is named twice in `options`) or kSystem (the
-  /// text writer could not be set up).
+  /// (a declaration is inconsistent, or a group is named twice in `options`), kSystem (the text
+  /// writer could not be set up or a write failed; sites written before the failure are put back)
+  /// or kUnsupported (the memfd writer cannot cover the sites, e.g. they lie in more than one
+  /// executable mapping: use TextWriter::kProcSelfMem).
   static Result<Engine*> boot(const BootOptions& options = {});
 
   /// The booted engine, or nullptr before boot() succeeds.

@@ -501,14 +501,18 @@ TEST(Instruction, StackNeutralAcceptsOrdinaryFragments) {
 }
 
 TEST(Instruction, StackNeutralRefusesStackUse) {
-  const std::uint8_t push[] = {0x50};                          // push %rax
-  const std::uint8_t load[] = {0x48, 0x8b, 0x44, 0x24, 0x08};  // mov 8(%rsp), %rax
-  const std::uint8_t lea[] = {0x48, 0x8d, 0x04, 0x24};         // lea (%rsp), %rax
+  const std::uint8_t push[] = {0x50};                           // push %rax
+  const std::uint8_t load[] = {0x48, 0x8b, 0x44, 0x24, 0x08};   // mov 8(%rsp), %rax
+  const std::uint8_t lea[] = {0x48, 0x8d, 0x04, 0x24};          // lea (%rsp), %rax
+  const std::uint8_t esp[] = {0x89, 0xe0};                      // mov %esp, %eax
+  const std::uint8_t lea32[] = {0x67, 0x8d, 0x44, 0x24, 0x08};  // lea 8(%esp), %eax
+  const std::uint8_t call[] = {0xff, 0x54, 0x24, 0x08};         // call *8(%rsp)
   for (std::span<const std::uint8_t> bytes :
        {std::span<const std::uint8_t>(push), std::span<const std::uint8_t>(load),
-        std::span<const std::uint8_t>(lea)}) {
+        std::span<const std::uint8_t>(lea), std::span<const std::uint8_t>(esp),
+        std::span<const std::uint8_t>(lea32), std::span<const std::uint8_t>(call)}) {
     Status s = verify_stack_neutral(bytes, 0x1000);
-    ASSERT_FALSE(s.ok());
+    ASSERT_FALSE(s.ok()) << disassemble(bytes, 0x1000);
     EXPECT_EQ(s.error().code(), ErrorCode::kBadImage);
     EXPECT_NE(s.error().message().find("stack pointer"), std::string::npos);
   }
