@@ -9,8 +9,8 @@ std::atomic<std::uint64_t> demo_pv_preempted_calls{0};
 std::atomic<std::uint8_t> demo_preempted[64];
 
 // The C bodies behind the call variants. They run behind callee-save thunks, so they are
-// ordinary functions.
-void demo_native_acquire(repatch::demo::Lock* lock) {
+// ordinary functions; `used` because only the thunks' assembly calls them.
+__attribute__((used)) void demo_native_acquire(repatch::demo::Lock* lock) {
   while (lock->locked.exchange(1, std::memory_order_acquire) != 0) {
     while (lock->locked.load(std::memory_order_relaxed) != 0) {
       __builtin_ia32_pause();
@@ -18,18 +18,18 @@ void demo_native_acquire(repatch::demo::Lock* lock) {
   }
 }
 
-void demo_pv_acquire(repatch::demo::Lock* lock) {
+__attribute__((used)) void demo_pv_acquire(repatch::demo::Lock* lock) {
   demo_pv_acquire_calls.fetch_add(1, std::memory_order_relaxed);
   demo_native_acquire(lock);
 }
 
-void demo_pv_release(repatch::demo::Lock* lock) {
+__attribute__((used)) void demo_pv_release(repatch::demo::Lock* lock) {
   demo_pv_release_calls.fetch_add(1, std::memory_order_relaxed);
   // Release pairs with the acquire exchange of the next owner.
   lock->locked.store(0, std::memory_order_release);
 }
 
-std::uint32_t demo_pv_vcpu_is_preempted(std::uint64_t cpu) {
+__attribute__((used)) std::uint32_t demo_pv_vcpu_is_preempted(std::uint64_t cpu) {
   demo_pv_preempted_calls.fetch_add(1, std::memory_order_relaxed);
   return demo_preempted[cpu & 63].load(std::memory_order_relaxed);
 }

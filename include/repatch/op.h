@@ -96,7 +96,8 @@ static_assert(sizeof(SiteRecord) == 8);
 }  // namespace repatch::abi
 
 // ---- implementation details of the macros ----------------------------------------------------
-// clang-format off: the assembly below is laid out one directive per line on purpose.
+// The assembly below is laid out one directive per line on purpose.
+// clang-format off
 
 #define REPATCH_DETAIL_STR2(x) #x
 #define REPATCH_DETAIL_STR(x) REPATCH_DETAIL_STR2(x)
@@ -116,12 +117,12 @@ static_assert(sizeof(SiteRecord) == 8);
 #define REPATCH_DECLARE_GROUP(group) \
   extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::GroupDesc repatch_group_##group
 
-#define REPATCH_DETAIL_DEFINE_GROUP(group, flags, feature, ...)                                    \
-  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                       \
-  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                             \
-      #group, repatch_group_variants_##group,                                                      \
-      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]), (flags), \
-      (feature)};                                                                                  \
+#define REPATCH_DETAIL_DEFINE_GROUP(group, flags, feature, ...)                              \
+  static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                \
+  extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                      \
+      #group, repatch_group_variants_##group,                                               \
+      sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]),   \
+      (flags), (feature)};                                                                  \
   REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
 
 /// Defines group `group` with `flags` (0 or abi::kGroup* bits) and its variant names; the first is
@@ -139,22 +140,22 @@ static_assert(sizeof(SiteRecord) == 8);
 // ---- ops -------------------------------------------------------------------------------------
 
 /// Declares op `op` whose sites are `length` bytes (6 to 15: the unpatched indirect call needs 6).
-#define REPATCH_DECLARE_OP(op, length)                                           \
-  extern "C" REPATCH_DETAIL_HIDDEN void* repatch_slot_##op;                      \
-  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::OpDesc repatch_op_##op; \
-  inline constexpr std::uint8_t repatch_op_length_##op = (length);               \
-  static_assert((length) >= 6 && (length) <= 15,                                 \
+#define REPATCH_DECLARE_OP(op, length)                                            \
+  extern "C" REPATCH_DETAIL_HIDDEN void* repatch_slot_##op;                       \
+  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::OpDesc repatch_op_##op;  \
+  inline constexpr std::uint8_t repatch_op_length_##op = (length);                \
+  static_assert((length) >= 6 && (length) <= 15,                                  \
                 "a site holds one instruction: 6 (indirect call) to 15 bytes")
 
 /// Defines op `op` (declared with REPATCH_DECLARE_OP) in group `group`. `default_variant` must be
 /// the group's first variant: the op slot starts at its callable, so unpatched sites run it.
-#define REPATCH_DEFINE_OP(op, group, default_variant)                                             \
-  extern "C" void repatch_callable_##op##__##default_variant();                                   \
-  extern "C" {                                                                                    \
+#define REPATCH_DEFINE_OP(op, group, default_variant)                                        \
+  extern "C" void repatch_callable_##op##__##default_variant();                              \
+  extern "C" {                                                                               \
   void* repatch_slot_##op = reinterpret_cast<void*>(&repatch_callable_##op##__##default_variant); \
-  }                                                                                               \
-  extern "C" const ::repatch::abi::OpDesc repatch_op_##op = {                                     \
-      #op, &repatch_group_##group, &repatch_slot_##op, repatch_op_length_##op};                   \
+  }                                                                                          \
+  extern "C" const ::repatch::abi::OpDesc repatch_op_##op = {                                \
+      #op, &repatch_group_##group, &repatch_slot_##op, repatch_op_length_##op};              \
   REPATCH_DETAIL_REGISTER(ops, OpDesc, repatch_op_##op)
 
 // ---- variants --------------------------------------------------------------------------------
@@ -164,66 +165,52 @@ static_assert(sizeof(SiteRecord) == 8);
 /// the stack pointer: its callable form (insn; ret) runs with %rsp 8 bytes lower. A variable that
 /// only `insn` references must be marked __attribute__((used)), or link-time optimisation, which
 /// cannot see into assembly, may drop it.
-#define REPATCH_INLINE_VARIANT(op, variant, insn)                                             \
-  asm(".pushsection repatch_fragments, \"a\"\n"                                               \
-      ".globl repatch_fragment_" #op "__" #variant                                            \
-      "\n"                                                                                    \
-      ".hidden repatch_fragment_" #op "__" #variant                                           \
-      "\n"                                                                                    \
-      ".globl repatch_fragment_end_" #op "__" #variant                                        \
-      "\n"                                                                                    \
-      ".hidden repatch_fragment_end_" #op "__" #variant                                       \
-      "\n"                                                                                    \
-      "repatch_fragment_" #op "__" #variant                                                   \
-      ":\n"                                                                                   \
-      "\t" insn                                                                               \
-      "\n"                                                                                    \
-      "repatch_fragment_end_" #op "__" #variant                                               \
-      ":\n"                                                                                   \
-      ".popsection\n"                                                                         \
-      ".pushsection .text.repatch_callable, \"ax\", @progbits\n"                              \
-      ".globl repatch_callable_" #op "__" #variant                                            \
-      "\n"                                                                                    \
-      ".hidden repatch_callable_" #op "__" #variant                                           \
-      "\n"                                                                                    \
-      ".type repatch_callable_" #op "__" #variant                                             \
-      ", @function\n"                                                                         \
-      "repatch_callable_" #op "__" #variant                                                   \
-      ":\n"                                                                                   \
-      "\t.cfi_startproc\n"                                                                    \
-      "\t" insn                                                                               \
-      "\n"                                                                                    \
-      "\tret\n"                                                                               \
-      "\t.cfi_endproc\n"                                                                      \
-      ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant \
-      "\n"                                                                                    \
-      ".popsection\n");                                                                       \
-  extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                         \
-  extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                     \
-  extern "C" void repatch_callable_##op##__##variant();                                       \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {          \
-      &repatch_op_##op,                                                                       \
-      #variant,                                                                               \
-      ::repatch::abi::VariantKind::kInline,                                                   \
-      repatch_fragment_##op##__##variant,                                                     \
-      repatch_fragment_end_##op##__##variant,                                                 \
-      &repatch_callable_##op##__##variant};                                                   \
+#define REPATCH_INLINE_VARIANT(op, variant, insn)                                            \
+  asm(".pushsection repatch_fragments, \"a\"\n"                                              \
+      ".globl repatch_fragment_" #op "__" #variant "\n"                                      \
+      ".hidden repatch_fragment_" #op "__" #variant "\n"                                     \
+      ".globl repatch_fragment_end_" #op "__" #variant "\n"                                  \
+      ".hidden repatch_fragment_end_" #op "__" #variant "\n"                                 \
+      "repatch_fragment_" #op "__" #variant ":\n"                                            \
+      "\t" insn "\n"                                                                         \
+      "repatch_fragment_end_" #op "__" #variant ":\n"                                        \
+      ".popsection\n"                                                                        \
+      ".pushsection .text.repatch_callable, \"ax\", @progbits\n"                             \
+      ".globl repatch_callable_" #op "__" #variant "\n"                                      \
+      ".hidden repatch_callable_" #op "__" #variant "\n"                                     \
+      ".type repatch_callable_" #op "__" #variant ", @function\n"                            \
+      "repatch_callable_" #op "__" #variant ":\n"                                            \
+      "\t.cfi_startproc\n"                                                                   \
+      "\t" insn "\n"                                                                         \
+      "\tret\n"                                                                              \
+      "\t.cfi_endproc\n"                                                                     \
+      ".size repatch_callable_" #op "__" #variant ", . - repatch_callable_" #op "__" #variant "\n" \
+      ".popsection\n");                                                                      \
+  extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                        \
+  extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                    \
+  extern "C" void repatch_callable_##op##__##variant();                                      \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {         \
+      &repatch_op_##op,                                                                      \
+      #variant,                                                                              \
+      ::repatch::abi::VariantKind::kInline,                                                  \
+      repatch_fragment_##op##__##variant,                                                    \
+      repatch_fragment_end_##op##__##variant,                                                \
+      &repatch_callable_##op##__##variant};                                                  \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
 
 /// Variant `variant` of `op` is `call target`, where `target` is an extern "C" function that keeps
 /// the op ABI (hand-written assembly, or a REPATCH_CALLEE_SAVE_THUNK).
 // `target` is a name, not an expression, so it cannot be parenthesised.
 // NOLINTBEGIN(bugprone-macro-parentheses)
-#define REPATCH_CALL_VARIANT(op, variant, target)                                                 \
-  extern "C" void target();                                                                       \
-  asm(".globl repatch_callable_" #op "__" #variant                                                \
-      "\n"                                                                                        \
-      ".hidden repatch_callable_" #op "__" #variant                                               \
-      "\n"                                                                                        \
-      ".set repatch_callable_" #op "__" #variant ", " #target "\n");                              \
-  extern "C" void repatch_callable_##op##__##variant();                                           \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {              \
-      &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr, &target}; \
+#define REPATCH_CALL_VARIANT(op, variant, target)                                            \
+  extern "C" void target();                                                                  \
+  asm(".globl repatch_callable_" #op "__" #variant "\n"                                      \
+      ".hidden repatch_callable_" #op "__" #variant "\n"                                     \
+      ".set repatch_callable_" #op "__" #variant ", " #target "\n");                         \
+  extern "C" void repatch_callable_##op##__##variant();                                      \
+  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {         \
+      &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr,      \
+      &target};                                                                              \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
 // NOLINTEND(bugprone-macro-parentheses)
 
@@ -241,41 +228,37 @@ static_assert(sizeof(SiteRecord) == 8);
 /// function `function` (declared before this macro) with the op's arguments (%rdi, %rsi, %rdx,
 /// %rcx, %r8, %r9 pass through). `result` is `value` when the op returns its result in %rax,
 /// `void` when it returns nothing (then %rax is preserved too). The thunk aligns the stack for
-/// `function`, whatever %rsp was at the site, and carries unwind information.
-#define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                                         \
-  extern "C" void thunk();                                                                         \
-  /* The thunk calls through this pointer: a `used` variable keeps its name under link-time        \
-     optimisation, which cannot see a call written in assembly. */                                 \
-  extern "C" REPATCH_DETAIL_USED REPATCH_DETAIL_HIDDEN void* const repatch_thunk_target_##thunk =  \
-      reinterpret_cast<void*>(&function);                                                          \
-  asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                                     \
-      ".globl " #thunk                                                                             \
-      "\n"                                                                                         \
-      ".hidden " #thunk                                                                            \
-      "\n"                                                                                         \
-      ".type " #thunk ", @function\n" #thunk                                                       \
-      ":\n"                                                                                        \
-      "\t.cfi_startproc\n"                                                                         \
-      "\tpush %rbp\n"                                                                              \
-      "\t.cfi_def_cfa_offset 16\n"                                                                 \
-      "\t.cfi_offset %rbp, -16\n"                                                                  \
-      "\tmov %rsp, %rbp\n"                                                                         \
-      "\t.cfi_def_cfa_register %rbp\n" REPATCH_DETAIL_THUNK_SAVE_RAX_##result                      \
-      "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                                       \
-      "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                                         \
-      "\tand $-16, %rsp\n"                                                                         \
-      "\tcall *repatch_thunk_target_" #thunk                                                       \
-      "(%rip)\n"                                                                                   \
-      "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result                                                \
-      "(%rbp), %rsp\n"                                                                             \
-      "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                             \
-      "\tpop %rdi\n\tpop %rsi\n\tpop %rdx\n\tpop %rcx\n" REPATCH_DETAIL_THUNK_RESTORE_RAX_##result \
-      "\tpop %rbp\n"                                                                               \
-      "\t.cfi_def_cfa %rsp, 8\n"                                                                   \
-      "\tret\n"                                                                                    \
-      "\t.cfi_endproc\n"                                                                           \
-      ".size " #thunk ", . - " #thunk                                                              \
-      "\n"                                                                                         \
+/// `function`, whatever %rsp was at the site, and carries unwind information. The call is direct
+/// (an indirect call costs several times more under Spectre v2 mitigations), so under link-time
+/// optimisation, which cannot see calls written in assembly, declare `function`
+/// __attribute__((used)), or LTO may rename it and the link fails.
+#define REPATCH_CALLEE_SAVE_THUNK(thunk, function, result)                                   \
+  extern "C" void thunk();                                                                   \
+  asm(".pushsection .text.repatch_thunks, \"ax\", @progbits\n"                               \
+      ".globl " #thunk "\n"                                                                  \
+      ".hidden " #thunk "\n"                                                                 \
+      ".type " #thunk ", @function\n"                                                        \
+      #thunk ":\n"                                                                           \
+      "\t.cfi_startproc\n"                                                                   \
+      "\tpush %rbp\n"                                                                        \
+      "\t.cfi_def_cfa_offset 16\n"                                                           \
+      "\t.cfi_offset %rbp, -16\n"                                                            \
+      "\tmov %rsp, %rbp\n"                                                                   \
+      "\t.cfi_def_cfa_register %rbp\n"                                                       \
+      REPATCH_DETAIL_THUNK_SAVE_RAX_##result                                                 \
+      "\tpush %rcx\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n"                                 \
+      "\tpush %r8\n\tpush %r9\n\tpush %r10\n\tpush %r11\n"                                   \
+      "\tand $-16, %rsp\n"                                                                   \
+      "\tcall " #function "@PLT\n"                                                           \
+      "\tlea -" REPATCH_DETAIL_THUNK_SAVED_##result "(%rbp), %rsp\n"                         \
+      "\tpop %r11\n\tpop %r10\n\tpop %r9\n\tpop %r8\n"                                       \
+      "\tpop %rdi\n\tpop %rsi\n\tpop %rdx\n\tpop %rcx\n"                                     \
+      REPATCH_DETAIL_THUNK_RESTORE_RAX_##result                                              \
+      "\tpop %rbp\n"                                                                         \
+      "\t.cfi_def_cfa %rsp, 8\n"                                                             \
+      "\tret\n"                                                                              \
+      "\t.cfi_endproc\n"                                                                     \
+      ".size " #thunk ", . - " #thunk "\n"                                                   \
       ".popsection\n")
 
 // ---- sites -----------------------------------------------------------------------------------
@@ -283,16 +266,15 @@ static_assert(sizeof(SiteRecord) == 8);
 // What the op ABI does not preserve: flags, memory, and every vector and mask register that the
 // System V ABI lets a called function change (the C function behind a thunk may use them all).
 #if defined(__AVX512F__)
-#define REPATCH_DETAIL_SITE_CLOBBERS_AVX512                                                     \
-  , "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",   \
-      "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "k1", "k2", "k3", "k4", "k5", "k6", \
-      "k7"
+#define REPATCH_DETAIL_SITE_CLOBBERS_AVX512                                                   \
+  , "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", \
+    "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "k1", "k2", "k3", "k4", "k5", "k6", "k7"
 #else
 #define REPATCH_DETAIL_SITE_CLOBBERS_AVX512
 #endif
-#define REPATCH_DETAIL_SITE_CLOBBERS                                                              \
-  "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", \
-      "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15" REPATCH_DETAIL_SITE_CLOBBERS_AVX512
+#define REPATCH_DETAIL_SITE_CLOBBERS                                                          \
+  "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",     \
+  "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15" REPATCH_DETAIL_SITE_CLOBBERS_AVX512
 
 /// A site of `op`: emits the unpatched instruction (`call *repatch_slot_<op>(%rip)`, padded to the
 /// op's length) and its record. `outputs` is a parenthesised list of asm output operands, empty or
@@ -300,25 +282,24 @@ static_assert(sizeof(SiteRecord) == 8);
 /// `"D"(lock)`. Use it inside an inline function per op. The record is emitted into the current
 /// function's section group ("?"), so that a function kept once out of several copies (an inline
 /// function emitted out of line in many translation units) keeps exactly one record.
-#define REPATCH_SITE(op, outputs, ...)                                              \
-  asm inline volatile(                                                              \
-      "661:\n\t"                                                                    \
-      ".fill %c[repatch_pad], 1, 0x2e\n\t"                                          \
-      "call *%P[repatch_slot](%%rip)\n"                                             \
-      "662:\n\t"                                                                    \
-      ".if (662b - 661b) - %c[repatch_len]\n\t"                                     \
-      ".error \"repatch: site of " #op                                              \
-      " is not exactly its op's length\"\n\t"                                       \
-      ".endif\n\t"                                                                  \
-      ".pushsection repatch_sites, \"a?\"\n\t"                                      \
-      ".balign 4\n\t"                                                               \
-      ".long 661b - .\n\t"                                                          \
-      ".long %P[repatch_op] - .\n\t"                                                \
-      ".popsection"                                                                 \
-      : REPATCH_DETAIL_UNWRAP outputs                                               \
-      : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op), \
-        [repatch_pad] "i"(repatch_op_length_##op - 6),                              \
-        [repatch_len] "i"(repatch_op_length_##op)__VA_OPT__(, ) __VA_ARGS__         \
+#define REPATCH_SITE(op, outputs, ...)                                                      \
+  asm inline volatile(                                                                      \
+      "661:\n\t"                                                                            \
+      ".fill %c[repatch_pad], 1, 0x2e\n\t"                                                  \
+      "call *%P[repatch_slot](%%rip)\n"                                                     \
+      "662:\n\t"                                                                            \
+      ".if (662b - 661b) - %c[repatch_len]\n\t"                                             \
+      ".error \"repatch: site of " #op " is not exactly its op's length\"\n\t"              \
+      ".endif\n\t"                                                                          \
+      ".pushsection repatch_sites, \"a?\"\n\t"                                              \
+      ".balign 4\n\t"                                                                       \
+      ".long 661b - .\n\t"                                                                  \
+      ".long %P[repatch_op] - .\n\t"                                                        \
+      ".popsection"                                                                         \
+      : REPATCH_DETAIL_UNWRAP outputs                                                       \
+      : [repatch_slot] "i"(&repatch_slot_##op), [repatch_op] "i"(&repatch_op_##op),         \
+        [repatch_pad] "i"(repatch_op_length_##op - 6),                                      \
+        [repatch_len] "i"(repatch_op_length_##op) __VA_OPT__(, ) __VA_ARGS__                \
       : REPATCH_DETAIL_SITE_CLOBBERS)
 
 // clang-format on

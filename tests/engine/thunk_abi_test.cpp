@@ -128,16 +128,18 @@ inline void record_call(std::uint64_t a0, std::uint64_t a1, std::uint64_t a2, st
 
 }  // namespace
 
-// The C functions behind the thunks: ordinary SysV functions with six arguments.
-extern "C" void thunk_abi_test_void_c(std::uint64_t a0, std::uint64_t a1, std::uint64_t a2,
-                                      std::uint64_t a3, std::uint64_t a4, std::uint64_t a5) {
+// The C functions behind the thunks: ordinary SysV functions with six arguments (used: only the
+// thunks' assembly calls them).
+extern "C" __attribute__((used)) void thunk_abi_test_void_c(std::uint64_t a0, std::uint64_t a1,
+                                                            std::uint64_t a2, std::uint64_t a3,
+                                                            std::uint64_t a4, std::uint64_t a5) {
   record_call(a0, a1, a2, a3, a4, a5, reinterpret_cast<std::uintptr_t>(__builtin_dwarf_cfa()));
   trash_caller_saved_registers();
 }
 
-extern "C" std::uint64_t thunk_abi_test_value_c(std::uint64_t a0, std::uint64_t a1,
-                                                std::uint64_t a2, std::uint64_t a3,
-                                                std::uint64_t a4, std::uint64_t a5) {
+extern "C" __attribute__((used)) std::uint64_t thunk_abi_test_value_c(
+    std::uint64_t a0, std::uint64_t a1, std::uint64_t a2, std::uint64_t a3, std::uint64_t a4,
+    std::uint64_t a5) {
   record_call(a0, a1, a2, a3, a4, a5, reinterpret_cast<std::uintptr_t>(__builtin_dwarf_cfa()));
   trash_caller_saved_registers();
   return kValueResult;
