@@ -1,0 +1,102 @@
+// stop_blackout: how long stop_machine() keeps the other vCPUs parked (first IPI to last vCPU
+// released), against the number of vCPU threads on this machine's cores, and how much the parked
+// vCPUs' spin-then-sleep wait matters when vCPUs outnumber cores (DESIGN, H9).
+//
+// Each repetition is one stop with empty work (one sync_all round, as a write phase would have),
+// timed by the engine itself (StopResult::blackout) and reported as manual time, so the median and
+// p99 are over individual stops.
+#include <benchmark/benchmark.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "sync/stop_machine.h"
+#include "sync/vcpu.h"
+
+namespace {
+
+using repatch::sync::StopContext;
+using repatch::sync::StopOutcome;
+using repatch::sync::StopWork;
+
+// vCPU threads that run a guest loop until destroyed: pure computation, or computation that
+// gives the core away every 1024 iterations (as a guest kernel's scheduler points would).
+class GuestVcpus {
+ public:
+  GuestVcpus(int n, bool yielding) {
+    for (int i = 0; i < n; ++i) {
+      threads_.emplace_back([this, yielding] {
+        auto vcpu = repatch::sync::Vcpu::enter();
+        ready_.fetch_add(1);
+        if (!vcpu.ok()) return;
+        std::uint64_t work = 0;
+        while (!stop_.load(std::memory_order_relaxed)) {
+          benchmark::DoNotOptimize(++work);
+          if (yielding && (work & 1023) == 0) sched_yield();
+        }
+      });
+    }
+    while (ready_.load() < n)
+      sched_yield();
+  }
+  ~GuestVcpus() {
+    stop_.store(true);
+    for (std::thread& t : threads_)
+      t.join();
+  }
+
+ private:
+  std::vector<std::thread> threads_;
+  std::atomic<int> ready_{0};
+  std::atomic<bool> stop_{false};
+};
+
+class OneSyncRound : public StopWork {
+ public:
+  int check_parked(repatch::sync::VcpuId, const void*) override { return 0; }
+  int run(StopContext& context) override { return context.sync_all() ? 0 : 1; }
+};
+
+double p99(const std::vector<double>& v) {
+  std::vector<double> sorted = v;
+  std::sort(sorted.begin(), sorted.end());
+  return sorted[static_cast<std::size_t>(0.99 * static_cast<double>(sorted.size() - 1))];
+}
+
+// Args: vCPU threads besides the primary, pause iterations before a parked vCPU sleeps, and
+// whether the guest loop yields.
+void BM_StopBlackout(benchmark::State& state) {
+  const int vcpus = static_cast<int>(state.range(0));
+  const auto spin = static_cast<std::uint32_t>(state.range(1));
+  GuestVcpus guests(vcpus, state.range(2) != 0);
+  OneSyncRound work;
+  for (auto _ : state) {
+    const auto result = repatch::sync::stop_machine(
+        work, {.ack_deadline = std::chrono::seconds(2), .spin_before_sleep = spin});
+    if (result.outcome != StopOutcome::kDone || result.work_result != 0) {
+      state.SkipWithError("a stop did not complete");
+      break;
+    }
+    state.SetIterationTime(std::chrono::duration<double>(result.blackout).count());
+  }
+}
+
+}  // namespace
+
+// Spin 2000 pause iterations (about 10-60 us) then sleep, against 50 million (busy-spinning for
+// the whole stop, as a naive rendezvous would).
+BENCHMARK(BM_StopBlackout)
+    ->ArgNames({"vcpus", "spin", "yielding"})
+    ->ArgsProduct({{1, 2, 4, 8, 16}, {2000, 50000000}, {0, 1}})
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Repetitions(200)
+    ->ComputeStatistics("p99", p99)
+    ->ReportAggregatesOnly(true)
+    ->Unit(benchmark::kMicrosecond);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,312 @@
+#include "sync/stop_machine.h"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <mutex>
+
+#include "arch/x86/sync_core.h"
+
+namespace repatch::sync {
+namespace {
+
+// The control word packs the state (low 8 bits) with a round number (high 24 bits) that grows by
+// one at every state the primary publishes, so that a waiter always sees a change, and so that an
+// acknowledgement names the round it answers.
+constexpr std::uint32_t kStateMask = 0xff;
+constexpr std::uint32_t kRoundShift = 8;
+constexpr std::uint32_t kRoundMask = 0xffffff;
+
+StopState state_of(std::uint32_t word) {
+  return static_cast<StopState>(word & kStateMask);
+}
+std::uint32_t round_of(std::uint32_t word) {
+  return word >> kRoundShift;
+}
+
+long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t value, const timespec* timeout) {
+  return syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), op, value, timeout, nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<std::uint32_t>* word) {
+  futex(word, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
+}
+
+timespec to_timespec(std::chrono::nanoseconds ns) {
+  const auto count = ns.count() < 0 ? 0 : ns.count();
+  return {static_cast<time_t>(count / 1'000'000'000), static_cast<long>(count % 1'000'000'000)};
+}
+
+// Everything a stop shares between the primary and the parked vCPUs. Process-wide: one stop at a
+// time (g_primary_mutex).
+struct Control {
+  /// State and round; the futex the parked vCPUs sleep on. Written only by the primary.
+  std::atomic<std::uint32_t> word{0};
+  /// Bumped by every acknowledgement; the futex the primary sleeps on while it waits for a round.
+  std::atomic<std::uint32_t> ack_epoch{0};
+  /// Which vCPUs this stop targets. Set before the first IPI, cleared after the last release.
+  std::atomic<bool> targeted[kMaxVcpus]{};
+  /// The first busy report of this stop.
+  std::atomic<int> busy_reason{0};
+  std::atomic<VcpuId> busy_vcpu{0};
+  std::atomic<StopWork*> work{nullptr};
+  std::atomic<std::uint32_t> spin_before_sleep{0};
+  /// Primary only: the round in which the targets parked, and how long a round may take.
+  std::uint32_t stopping_round = 0;
+  std::chrono::nanoseconds ack_deadline{0};
+};
+
+Control g_control;
+std::mutex g_primary_mutex;
+thread_local bool t_in_stop = false;
+
+// ---- the parked side (signal context: async-signal-safe only) ---------------------------------
+
+void acknowledge(VcpuId self, std::uint32_t round) {
+  // Release pairs with the primary's acquire load of stop_ack in StopMachine::all_acknowledged:
+  // what this vCPU did for the round (its sync_core, its busy report) is visible with the ack.
+  slot(self).stop_ack.store(round, std::memory_order_release);
+  g_control.ack_epoch.fetch_add(1, std::memory_order_release);
+  futex(&g_control.ack_epoch, FUTEX_WAKE_PRIVATE, 1, nullptr);
+}
+
+// Waits until the control word differs from `seen`: a short pause loop, then futex sleeps.
+std::uint32_t wait_for_change(std::uint32_t seen) {
+  const std::uint32_t spins = g_control.spin_before_sleep.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < spins; ++i) {
+    // Acquire pairs with the primary's release store of the word: what the primary wrote before
+    // publishing a state (the code it patched) is visible once the state is.
+    const std::uint32_t now = g_control.word.load(std::memory_order_acquire);
+    if (now != seen) return now;
+    __builtin_ia32_pause();
+  }
+  for (;;) {
+    const std::uint32_t now = g_control.word.load(std::memory_order_acquire);
+    if (now != seen) return now;
+    futex(&g_control.word, FUTEX_WAIT_PRIVATE, seen, nullptr);
+  }
+}
+
+void on_ipi(VcpuId self, void* ucontext) {
+  std::uint32_t word = g_control.word.load(std::memory_order_acquire);
+  // A stale IPI (from an aborted stop, or for a vCPU that came online after the targets were
+  // chosen and now waits at the online gate) must not join: the primary does not wait for it.
+  if (state_of(word) != StopState::kStopping ||
+      !g_control.targeted[self].load(std::memory_order_acquire) ||
+      slot(self).stop_ack.load(std::memory_order_relaxed) == round_of(word)) {
+    return;
+  }
+  StopWork* work = g_control.work.load(std::memory_order_acquire);
+  if (const int reason = work->check_parked(self, ucontext); reason != 0) {
+    int expected = 0;
+    if (g_control.busy_reason.compare_exchange_strong(expected, reason,
+                                                      std::memory_order_relaxed)) {
+      g_control.busy_vcpu.store(self, std::memory_order_relaxed);
+    }
+  }
+  acknowledge(self, round_of(word));
+  for (;;) {
+    word = wait_for_change(word);
+    switch (state_of(word)) {
+      case StopState::kStopped:
+        break;  // the work is running; keep waiting
+      case StopState::kSync:
+        x86::sync_core();
+        acknowledge(self, round_of(word));
+        break;
+      case StopState::kRelease:
+        // The code may have changed under us: serialise before returning to it.
+        x86::sync_core();
+        acknowledge(self, round_of(word));
+        return;
+      case StopState::kAbort:
+        acknowledge(self, round_of(word));
+        return;
+      case StopState::kIdle:
+      case StopState::kStopping:
+        return;  // cannot happen while we are parked: the primary waits for us first
+    }
+  }
+}
+
+// A vCPU coming online waits here, in normal context, while a stop runs, so that it never runs
+// half-written code (H8). go_online() published `online` before calling this (see vcpu.h).
+void online_gate(VcpuId) {
+  for (;;) {
+    const std::uint32_t word = g_control.word.load(std::memory_order_seq_cst);
+    if (state_of(word) == StopState::kIdle) return;
+    futex(&g_control.word, FUTEX_WAIT_PRIVATE, word, nullptr);
+  }
+}
+
+// ---- the primary side -------------------------------------------------------------------------
+
+}  // namespace
+
+struct StopMachine {
+  // Publishes `state` for a new round and returns the round.
+  static std::uint32_t publish(StopState state) {
+    const std::uint32_t round =
+        (round_of(g_control.word.load(std::memory_order_relaxed)) + 1) & kRoundMask;
+    // seq_cst: a release for the parked vCPUs (their acquire loads in wait_for_change see the code
+    // written before this point once they see the round), and for kStopping also ordered before
+    // the primary reads the online flags (pairs with go_online(): store `online`, then load the
+    // word, both seq_cst, so that a vCPU coming online is either targeted or waits at the gate).
+    const std::uint32_t word = (round << kRoundShift) | static_cast<std::uint32_t>(state);
+    g_control.word.store(word, std::memory_order_seq_cst);
+    futex_wake_all(&g_control.word);
+    return round;
+  }
+
+  // Whether every vCPU expected in `round` acknowledged it. In the stopping round that is every
+  // target; later, every target that parked (acknowledged the stopping round or later). A target
+  // still on its way in when the primary gave up is not waited for: it finds the stop over.
+  static bool all_acknowledged(std::uint32_t round) {
+    const std::uint32_t first = g_control.stopping_round;
+    const bool stopping = round == first;
+    for (VcpuId id = 0; id < slot_limit(); ++id) {
+      if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
+      const std::uint32_t ack = slot(id).stop_ack.load(std::memory_order_acquire);
+      // Rounds are 24-bit and wrap: compare distances from the stopping round, not values.
+      const bool parked = ((ack - first) & kRoundMask) <= ((round - first) & kRoundMask);
+      if ((stopping || parked) && ack != round) return false;
+    }
+    return true;
+  }
+
+  // Waits until all_acknowledged(round), or the deadline passed.
+  static bool wait_acks(std::uint32_t round, std::chrono::nanoseconds deadline) {
+    const auto until = std::chrono::steady_clock::now() + deadline;
+    for (;;) {
+      // Read the epoch first: an acknowledgement after the scan changes it, so the futex wait
+      // below returns at once instead of sleeping through it.
+      const std::uint32_t epoch = g_control.ack_epoch.load(std::memory_order_acquire);
+      if (all_acknowledged(round)) return true;
+      const auto left = until - std::chrono::steady_clock::now();
+      if (left <= std::chrono::nanoseconds::zero()) return false;
+      const timespec timeout = to_timespec(left);
+      futex(&g_control.ack_epoch, FUTEX_WAIT_PRIVATE, epoch, &timeout);
+    }
+  }
+
+  // The first target that has not acknowledged `round`.
+  static VcpuId laggard(std::uint32_t round) {
+    for (VcpuId id = 0; id < slot_limit(); ++id) {
+      if (g_control.targeted[id].load(std::memory_order_relaxed) &&
+          slot(id).stop_ack.load(std::memory_order_relaxed) != round) {
+        return id;
+      }
+    }
+    return 0;
+  }
+};
+
+bool StopContext::sync_all() {
+  const std::uint32_t round = StopMachine::publish(StopState::kSync);
+  x86::sync_core();
+  return StopMachine::wait_acks(round, g_control.ack_deadline);
+}
+
+StopResult stop_machine(StopWork& work, const StopOptions& options) {
+  StopResult result;
+  if (t_in_stop) {
+    result.outcome = StopOutcome::kNotAllowed;
+    return result;
+  }
+  std::lock_guard<std::mutex> one_stop_at_a_time(g_primary_mutex);
+  t_in_stop = true;
+  // The IPI stays blocked on the primary: it is the one thread that must not park. NMIs still
+  // arrive, and may finish the work themselves (the work's steps are idempotent).
+  IrqOffGuard irqs_off;
+  static std::once_flag install_once;
+  std::call_once(install_once, [] {
+    set_ipi_handler(&on_ipi);
+    set_online_gate(&online_gate);
+  });
+  g_control.work.store(&work, std::memory_order_release);
+  g_control.busy_reason.store(0, std::memory_order_relaxed);
+  g_control.spin_before_sleep.store(options.spin_before_sleep, std::memory_order_relaxed);
+  g_control.ack_deadline = options.ack_deadline;
+
+  // First step: publish kStopping, then choose the targets among the online vCPUs (this order
+  // pairs with go_online(): see publish()), then interrupt them.
+  const Vcpu* self = Vcpu::current();
+  std::uint32_t targets = 0;
+  const VcpuId limit = slot_limit();
+  for (VcpuId id = 0; id < limit; ++id) {
+    const bool target = (self == nullptr || id != self->id()) &&
+                        slot(id).tid.load(std::memory_order_relaxed) != 0 &&
+                        slot(id).online.load(std::memory_order_seq_cst);
+    g_control.targeted[id].store(target, std::memory_order_relaxed);
+    targets += target ? 1 : 0;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::uint32_t stopping = StopMachine::publish(StopState::kStopping);
+  g_control.stopping_round = stopping;
+  for (VcpuId id = 0; id < limit; ++id) {
+    if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
+    if (send_ipi(id) != 0) {
+      // The thread is gone: nobody to wait for.
+      g_control.targeted[id].store(false, std::memory_order_relaxed);
+      --targets;
+    }
+  }
+  result.targets = targets;
+
+  // Second step happens on the targets; here we wait for it.
+  if (!StopMachine::wait_acks(stopping, options.ack_deadline)) {
+    result.outcome = StopOutcome::kAckTimeout;
+    result.culprit = StopMachine::laggard(stopping);
+  } else if (const int reason = g_control.busy_reason.load(std::memory_order_relaxed)) {
+    result.outcome = StopOutcome::kBusy;
+    result.work_result = reason;
+    result.culprit = g_control.busy_vcpu.load(std::memory_order_relaxed);
+  } else {
+    // Third step.
+    StopMachine::publish(StopState::kStopped);
+    StopContext context;
+    result.work_result = work.run(context);
+  }
+
+  // Fourth step (or the abort): every vCPU that parked acknowledges once more and returns.
+  const std::uint32_t last = StopMachine::publish(
+      result.outcome == StopOutcome::kDone ? StopState::kRelease : StopState::kAbort);
+  StopMachine::wait_acks(last, options.ack_deadline);
+  result.blackout = std::chrono::steady_clock::now() - start;
+  x86::sync_core();
+  for (VcpuId id = 0; id < limit; ++id) {
+    g_control.targeted[id].store(false, std::memory_order_relaxed);
+  }
+  StopMachine::publish(StopState::kIdle);
+  g_control.work.store(nullptr, std::memory_order_release);
+  t_in_stop = false;
+  return result;
+}
+
+const char* stop_state_name(StopState state) {
+  switch (state) {
+    case StopState::kIdle:
+      return "idle";
+    case StopState::kStopping:
+      return "stopping";
+    case StopState::kStopped:
+      return "stopped";
+    case StopState::kSync:
+      return "sync";
+    case StopState::kRelease:
+      return "release";
+    case StopState::kAbort:
+      return "abort";
+  }
+  return "unknown";
+}
+
+StopState stop_state() {
+  return state_of(g_control.word.load(std::memory_order_acquire));
+}
+
+}  // namespace repatch::sync
