@@ -16,8 +16,8 @@
 #include "arch/x86/cpuid.h"
 #include "arch/x86/sync_core.h"
 #include "arch/x86/text_poker.h"
+#include "base/text.h"
 #include "engine/engine_impl.h"
-#include "engine/format.h"
 #include "engine/site_image.h"
 
 namespace repatch {
@@ -49,7 +49,7 @@ Result<x86::CpuInfo> boot_cpu(x86::CpuInfo cpu, const BootOptions& options) {
     if (!x86::set_cpu_feature(cpu, name, true)) {
       return Error(ErrorCode::kUnknownName, "unknown CPU feature '" + name +
                                                 "' in the boot options; the features are " +
-                                                engine::quoted_list(x86::cpu_feature_names()));
+                                                text::quoted_list(x86::cpu_feature_names()));
     }
   }
   return cpu;
@@ -145,8 +145,8 @@ Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
   if (poker.ok() || poker.error().code() == ErrorCode::kSystem) return poker;
   // The range is the span of every site; the memfd writer remaps it as one executable mapping.
   return Error(ErrorCode::kUnsupported,
-               "the memfd text writer cannot remap the sites' range " + engine::hex(table.base()) +
-                   "-" + engine::hex(table.limit()) + " (" + poker.error().message() +
+               "the memfd text writer cannot remap the sites' range " + text::hex(table.base()) +
+                   "-" + text::hex(table.limit()) + " (" + poker.error().message() +
                    "); boot with TextWriter::kProcSelfMem instead");
 }
 

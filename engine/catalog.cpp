@@ -6,7 +6,7 @@
 
 #include "arch/x86/cpuid.h"
 #include "arch/x86/instruction.h"
-#include "engine/format.h"
+#include "base/text.h"
 
 // The linker defines __start_/__stop_ symbols for every section whose name is a C identifier.
 // They are weak so that a program without any op still links (they are then null).
@@ -54,7 +54,7 @@ Status check_group(const abi::GroupDesc& group) {
     if (!x86::cpu_has(x86::CpuInfo{}, group.feature).has_value()) {
       return unknown("group '" + name + "' is keyed on CPU feature '" + group.feature +
                      "', which repatch does not know; the features are " +
-                     quoted_list(x86::cpu_feature_names()));
+                     text::quoted_list(x86::cpu_feature_names()));
     }
     if (group.variant_count != 2) {
       return invalid("feature group '" + name + "' declares " +
@@ -157,7 +157,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
     if (found == names.end()) {
       return unknown("op '" + std::string(entry.desc->name) + "' defines variant '" + desc->name +
                      "', which its group '" + group.name + "' does not list (it lists " +
-                     quoted_list(names) + ")");
+                     text::quoted_list(names) + ")");
     }
     const auto v = static_cast<std::size_t>(found - names.begin());
     if (entry.variants[v] != nullptr) {
@@ -191,7 +191,7 @@ Result<OpIndex> Catalog::find_op(const abi::OpDesc* desc) const {
     if (ops_[i].desc == desc) return static_cast<OpIndex>(i);
   }
   return Error(ErrorCode::kBadSiteRecord, "a site record names an op at " +
-                                              hex(reinterpret_cast<std::uintptr_t>(desc)) +
+                                              text::hex(reinterpret_cast<std::uintptr_t>(desc)) +
                                               ", which is not an op this program defines");
 }
 
@@ -202,7 +202,7 @@ Result<GroupIndex> Catalog::find_group(std::string_view name) const {
     names.push_back(groups_[i].desc->name);
   }
   return unknown("no group is named '" + std::string(name) + "'; the groups are " +
-                 (names.empty() ? std::string("(none)") : quoted_list(names)));
+                 (names.empty() ? std::string("(none)") : text::quoted_list(names)));
 }
 
 Result<VariantIndex> Catalog::find_variant(GroupIndex g, std::string_view name) const {
@@ -212,7 +212,8 @@ Result<VariantIndex> Catalog::find_variant(GroupIndex g, std::string_view name) 
   auto found = std::find(names.begin(), names.end(), name);
   if (found == names.end()) {
     return unknown("group '" + std::string(group.name) + "' has no variant '" + std::string(name) +
-                   "'; its variants are " + quoted_list(names) + " (and 'indirect', unpatched)");
+                   "'; its variants are " + text::quoted_list(names) +
+                   " (and 'indirect', unpatched)");
   }
   return static_cast<VariantIndex>(found - names.begin());
 }

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "engine/format.h"
+#include "base/text.h"
 #include "engine/symbolizer.h"
 
 namespace repatch::engine {
@@ -16,7 +16,8 @@ std::span<const std::uint8_t> site_bytes(const SiteTable& table, const SiteEntry
 
 std::string describe_site(const Catalog& catalog, const SiteTable& table, const SiteEntry& entry) {
   const std::uintptr_t address = table.address(entry);
-  std::string out = "site " + hex(address) + " of op '" + catalog.op(entry.op).desc->name + "'";
+  std::string out =
+      "site " + text::hex(address) + " of op '" + catalog.op(entry.op).desc->name + "'";
   if (std::string symbol = symbolizer().name(address); !symbol.empty()) {
     out += " (in " + symbol + ")";
   }
@@ -60,11 +61,11 @@ Status check_site_holds_current(const Catalog& catalog, const SiteTable& table,
   if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0) return {};
   const GroupIndex g = catalog.op(entry.op).group;
   return Error(ErrorCode::kForeignWrite,
-               describe_site(catalog, table, entry) + " holds [" + hex_bytes(actual) + "] (" +
+               describe_site(catalog, table, entry) + " holds [" + text::hex_bytes(actual) + "] (" +
                    x86::disassemble(actual, table.address(entry)) +
                    "), not the image of its current variant '" +
                    std::string(catalog.variant_name(g, current)) + "' [" +
-                   hex_bytes(expected.value().view()) +
+                   text::hex_bytes(expected.value().view()) +
                    "]: something else wrote there (a debugger breakpoint, another patcher); "
                    "nothing was written");
 }

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <memory>
 
-#include "engine/format.h"
+#include "base/text.h"
 
 extern "C" {
 extern __attribute__((weak, visibility("hidden")))
@@ -54,8 +54,8 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
   for (const abi::SiteRecord& record : records) {
     Result<OpIndex> op = catalog.find_op(record_op(record));
     if (!op.ok()) {
-      return bad_record("site record at " + hex(reinterpret_cast<std::uintptr_t>(&record)) +
-                        " for the site at " + hex(record_site_address(record)) + ": " +
+      return bad_record("site record at " + text::hex(reinterpret_cast<std::uintptr_t>(&record)) +
+                        " for the site at " + text::hex(record_site_address(record)) + ": " +
                         op.error().message());
     }
     const CatalogOp& entry = catalog.op(op.value());
@@ -72,13 +72,13 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
     const std::string prev_name = catalog.op(prev.op).desc->name;
     const std::string cur_name = catalog.op(cur.op).desc->name;
     if (cur.address == prev.address) {
-      return bad_record("two site records describe the site at " + hex(cur.address) + " (ops '" +
-                        prev_name + "' and '" + cur_name + "')");
+      return bad_record("two site records describe the site at " + text::hex(cur.address) +
+                        " (ops '" + prev_name + "' and '" + cur_name + "')");
     }
     if (cur.address < prev.address + prev.length) {
-      return bad_record("the site of '" + cur_name + "' at " + hex(cur.address) + " overlaps the " +
-                        std::to_string(prev.length) + "-byte site of '" + prev_name + "' at " +
-                        hex(prev.address));
+      return bad_record("the site of '" + cur_name + "' at " + text::hex(cur.address) +
+                        " overlaps the " + std::to_string(prev.length) + "-byte site of '" +
+                        prev_name + "' at " + text::hex(prev.address));
     }
   }
 
@@ -87,7 +87,7 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
     table.base_ = sites.front().address;
     table.limit_ = sites.back().address + sites.back().length;
     if (table.limit_ - table.base_ > UINT32_MAX) {
-      return bad_record("sites span " + hex(table.base_) + " to " + hex(table.limit_) +
+      return bad_record("sites span " + text::hex(table.base_) + " to " + text::hex(table.limit_) +
                         ", more than the 4 GiB a 32-bit offset reaches");
     }
   }

@@ -14,7 +14,7 @@
 #include <cstring>
 #include <memory>
 
-#include "engine/format.h"
+#include "base/text.h"
 
 namespace repatch::engine {
 namespace {
@@ -125,14 +125,14 @@ std::string Symbolizer::name(std::uintptr_t address) const {
   if (it != symbols_.begin()) {
     --it;
     if (address < it->end) {
-      return address == it->begin ? it->name : it->name + "+" + hex(address - it->begin);
+      return address == it->begin ? it->name : it->name + "+" + text::hex(address - it->begin);
     }
   }
   Dl_info info{};
   if (dladdr(reinterpret_cast<void*>(address), &info) != 0 && info.dli_sname != nullptr) {
     const auto base = reinterpret_cast<std::uintptr_t>(info.dli_saddr);
     const std::string fn = demangle(info.dli_sname);
-    return address == base ? fn : fn + "+" + hex(address - base);
+    return address == base ? fn : fn + "+" + text::hex(address - base);
   }
   return "";
 }

@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/format.h"
+#include "base/text.h"
 #include "repatch/engine.h"
 #include "tools/json.h"
 
@@ -104,8 +104,8 @@ int parse(int argc, char** argv, Options& options) {
 void print_text(const EngineStatus& s) {
   std::printf("text writer: %s", s.writer.c_str());
   if (s.text_end != 0) {
-    std::printf(" (remapped %s-%s)", engine::hex(s.text_begin).c_str(),
-                engine::hex(s.text_end).c_str());
+    std::printf(" (remapped %s-%s)", text::hex(s.text_begin).c_str(),
+                text::hex(s.text_end).c_str());
   }
   std::printf("\nsync_core: %s\n", s.sync_core.c_str());
   std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n\n",
@@ -128,7 +128,7 @@ void print_text(const EngineStatus& s) {
   std::printf("\n%-18s %-24s %3s %-10s %-60s %s\n", "ADDRESS", "OP", "LEN", "VARIANT",
               "INSTRUCTION", "IN");
   for (const SiteStatus& site : s.sites) {
-    std::printf("%-18s %-24s %3u %-10s %-60s %s\n", engine::hex(site.address).c_str(),
+    std::printf("%-18s %-24s %3u %-10s %-60s %s\n", text::hex(site.address).c_str(),
                 site.op.c_str(), static_cast<unsigned>(site.length), site.variant.c_str(),
                 site.instruction.c_str(), site.symbol.empty() ? "?" : site.symbol.c_str());
   }
@@ -138,8 +138,8 @@ void print_json(const EngineStatus& s) {
   JsonWriter j;
   j.begin_object();
   j.key("writer").value(s.writer);
-  j.key("text_begin").value(engine::hex(s.text_begin));
-  j.key("text_end").value(engine::hex(s.text_end));
+  j.key("text_begin").value(text::hex(s.text_begin));
+  j.key("text_end").value(text::hex(s.text_end));
   j.key("sync_core").value(s.sync_core);
   j.key("bytes_per_site").value(static_cast<std::uint64_t>(s.bytes_per_site));
   j.key("retained_bytes").value(static_cast<std::uint64_t>(s.retained_bytes));
@@ -163,12 +163,12 @@ void print_json(const EngineStatus& s) {
   j.key("sites").begin_array();
   for (const SiteStatus& site : s.sites) {
     j.begin_object();
-    j.key("address").value(engine::hex(site.address));
+    j.key("address").value(text::hex(site.address));
     j.key("op").value(site.op);
     j.key("group").value(site.group);
     j.key("length").value(static_cast<std::uint64_t>(site.length));
     j.key("variant").value(site.variant);
-    j.key("bytes").value(engine::hex_bytes(site.bytes));
+    j.key("bytes").value(text::hex_bytes(site.bytes));
     j.key("instruction").value(site.instruction);
     j.key("symbol").value(site.symbol);
     j.end_object();

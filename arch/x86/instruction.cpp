@@ -15,6 +15,8 @@
 #include <optional>
 #include <string_view>
 
+#include "base/text.h"
+
 namespace repatch::x86 {
 namespace {
 
@@ -96,25 +98,10 @@ std::string format_instruction(const Decoded& decoded, std::uintptr_t address) {
   return text;
 }
 
-std::string hex(std::uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof text, "0x%" PRIx64, value);
-  return text;
-}
+using text::hex;
 
 std::string hex_bytes(std::span<const std::uint8_t> bytes) {
-  std::string text;
-  const std::size_t shown = std::min(bytes.size(), kMaxBytesInMessage);
-  for (std::size_t i = 0; i < shown; ++i) {
-    char byte[4];
-    std::snprintf(byte, sizeof byte, "%02x", bytes[i]);
-    text += (i == 0 ? "" : " ");
-    text += byte;
-  }
-  if (shown < bytes.size()) {
-    text += " ...";
-  }
-  return text;
+  return text::hex_bytes(bytes, kMaxBytesInMessage);
 }
 
 // "'call 0x1008' [2e 2e 2e e8 03 00 00 00]": what a person needs to recognise an image.

@@ -44,6 +44,7 @@
 
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/text.h"
 
 namespace repatch::x86 {
 namespace {
@@ -78,11 +79,7 @@ inline void* as_ptr(std::uintptr_t address) {
   return reinterpret_cast<void*>(address);  // NOLINT(performance-no-int-to-ptr)
 }
 
-std::string hex(std::uintptr_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIxPTR, value);
-  return buf;
-}
+using text::hex;
 
 std::string range_text(std::uintptr_t begin, std::uintptr_t end) {
   return "[" + hex(begin) + ", " + hex(end) + ")";

@@ -24,17 +24,14 @@
 
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/text.h"
 
 namespace repatch::x86 {
 namespace {
 
 constexpr const char* kProcSelfMem = "/proc/self/mem";
 
-std::string hex(std::uintptr_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIxPTR, value);
-  return buf;
-}
+using text::hex;
 
 std::string errno_text(int err) {
   char buf[128];

@@ -1,6 +1,8 @@
-#include "engine/format.h"
+#include "base/text.h"
 
-namespace repatch::engine {
+#include <algorithm>
+
+namespace repatch::text {
 
 std::string hex(std::uintptr_t value) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -13,15 +15,17 @@ std::string hex(std::uintptr_t value) {
   return "0x" + std::string(buffer + sizeof(buffer) - n, n);
 }
 
-std::string hex_bytes(std::span<const std::uint8_t> bytes) {
+std::string hex_bytes(std::span<const std::uint8_t> bytes, std::size_t max_shown) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
-  for (std::uint8_t b : bytes) {
+  const std::size_t shown = std::min(bytes.size(), max_shown);
+  for (std::size_t i = 0; i < shown; ++i) {
     if (!out.empty()) out += ' ';
-    out += kDigits[b >> 4];
-    out += kDigits[b & 0xf];
+    out += kDigits[bytes[i] >> 4];
+    out += kDigits[bytes[i] & 0xf];
   }
+  if (shown < bytes.size()) out += " ...";
   return out;
 }
 
-}  // namespace repatch::engine
+}  // namespace repatch::text
