@@ -57,8 +57,8 @@ class GuestVcpus {
 
 class OneSyncRound : public StopWork {
  public:
-  int check_parked(repatch::sync::VcpuId, const void*) override { return 0; }
-  int run(StopContext& context) override { return context.sync_all() ? 0 : 1; }
+  int check_parked(repatch::sync::VcpuId, const void*) noexcept override { return 0; }
+  int run(StopContext& context) noexcept override { return context.sync_all() ? 0 : 1; }
 };
 
 double p99(const std::vector<double>& v) {

@@ -58,6 +58,8 @@ void on_nmi(int /*sig*/, siginfo_t* info, void* ucontext) {
     // seq_cst and then reads in_nmi == false knows that an NMI not yet visible to it will see the
     // new state.
     s.in_nmi.store(true, std::memory_order_seq_cst);
+    // A seq_cst store alone does not order the handler's later weaker loads after it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (InterruptHandler handler = g_nmi_handler.load(std::memory_order_acquire)) {
       handler(id, ucontext);
     }

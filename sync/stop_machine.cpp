@@ -55,6 +55,10 @@ struct Control {
   std::atomic<VcpuId> busy_vcpu{0};
   std::atomic<StopWork*> work{nullptr};
   std::atomic<std::uint32_t> spin_before_sleep{0};
+  /// Handlers between their first look at the word and their return. The primary publishes kIdle
+  /// (and lets the caller free the work) only once this is zero, so that no handler outlives the
+  /// stop it saw (a late handler would otherwise read a freed work, or return without sync_core).
+  std::atomic<std::uint32_t> handlers_inside{0};
   /// Primary only: the round in which the targets parked, and how long a round may take.
   std::uint32_t stopping_round = 0;
   std::chrono::nanoseconds ack_deadline{0};
@@ -91,7 +95,22 @@ std::uint32_t wait_for_change(std::uint32_t seen) {
   }
 }
 
+// Counts a handler in for its whole run; the last one out wakes the primary.
+class HandlerInside {
+ public:
+  HandlerInside() { g_control.handlers_inside.fetch_add(1, std::memory_order_seq_cst); }
+  ~HandlerInside() {
+    // Release: everything this handler did happens before the primary's acquire load sees zero.
+    if (g_control.handlers_inside.fetch_sub(1, std::memory_order_release) == 1) {
+      futex(&g_control.handlers_inside, FUTEX_WAKE_PRIVATE, 1, nullptr);
+    }
+  }
+  HandlerInside(const HandlerInside&) = delete;
+  HandlerInside& operator=(const HandlerInside&) = delete;
+};
+
 void on_ipi(VcpuId self, void* ucontext) {
+  const HandlerInside inside;
   std::uint32_t word = g_control.word.load(std::memory_order_acquire);
   // A stale IPI (from an aborted stop, or for a vCPU that came online after the targets were
   // chosen and now waits at the online gate) must not join: the primary does not wait for it.
@@ -119,16 +138,15 @@ void on_ipi(VcpuId self, void* ucontext) {
         acknowledge(self, round_of(word));
         break;
       case StopState::kRelease:
-        // The code may have changed under us: serialise before returning to it.
+      case StopState::kAbort:
+      case StopState::kIdle:
+      case StopState::kStopping:
+        // Whatever ended our wait, the code may have changed under us: serialise before
+        // returning to it. (kIdle and kStopping cannot be seen here: the primary waits for every
+        // handler to leave before it publishes kIdle.)
         x86::sync_core();
         acknowledge(self, round_of(word));
         return;
-      case StopState::kAbort:
-        acknowledge(self, round_of(word));
-        return;
-      case StopState::kIdle:
-      case StopState::kStopping:
-        return;  // cannot happen while we are parked: the primary waits for us first
     }
   }
 }
@@ -143,6 +161,14 @@ void online_gate(VcpuId) {
   }
 }
 
+// Installed before main(), so before any vCPU exists (vcpu.h asks for that): a vCPU that came
+// online during the first stop would otherwise miss the gate.
+[[maybe_unused]] const bool g_hooks_installed = [] {
+  set_ipi_handler(&on_ipi);
+  set_online_gate(&online_gate);
+  return true;
+}();
+
 // ---- the primary side -------------------------------------------------------------------------
 
 }  // namespace
@@ -150,8 +176,10 @@ void online_gate(VcpuId) {
 struct StopMachine {
   // Publishes `state` for a new round and returns the round.
   static std::uint32_t publish(StopState state) {
-    const std::uint32_t round =
+    std::uint32_t round =
         (round_of(g_control.word.load(std::memory_order_relaxed)) + 1) & kRoundMask;
+    // Round 0 is never used: it is what a newly claimed vCPU slot holds as its last ack.
+    if (round == 0) round = 1;
     // seq_cst: a release for the parked vCPUs (their acquire loads in wait_for_change see the code
     // written before this point once they see the round), and for kStopping also ordered before
     // the primary reads the online flags (pairs with go_online(): store `online`, then load the
@@ -173,7 +201,15 @@ struct StopMachine {
       const std::uint32_t ack = slot(id).stop_ack.load(std::memory_order_acquire);
       // Rounds are 24-bit and wrap: compare distances from the stopping round, not values.
       const bool parked = ((ack - first) & kRoundMask) <= ((round - first) & kRoundMask);
-      if ((stopping || parked) && ack != round) return false;
+      if (stopping && ack != round) {
+        // A target that went offline or left since it was chosen runs no guest code: to come
+        // back it must pass the online gate, which holds it until the stop is over.
+        const bool gone = slot(id).tid.load(std::memory_order_seq_cst) == 0 ||
+                          !slot(id).online.load(std::memory_order_seq_cst);
+        if (!gone) return false;
+      } else if (!stopping && parked && ack != round) {
+        return false;
+      }
     }
     return true;
   }
@@ -193,7 +229,7 @@ struct StopMachine {
     }
   }
 
-  // The first target that has not acknowledged `round`.
+  // The first target that has not acknowledged `round`, or kMaxVcpus.
   static VcpuId laggard(std::uint32_t round) {
     for (VcpuId id = 0; id < slot_limit(); ++id) {
       if (g_control.targeted[id].load(std::memory_order_relaxed) &&
@@ -201,7 +237,17 @@ struct StopMachine {
         return id;
       }
     }
-    return 0;
+    return kMaxVcpus;
+  }
+
+  // Waits until no handler of this stop is still running (see Control::handlers_inside).
+  static void wait_handlers_out() {
+    for (;;) {
+      // Acquire pairs with the release in ~HandlerInside.
+      const std::uint32_t inside = g_control.handlers_inside.load(std::memory_order_acquire);
+      if (inside == 0) return;
+      futex(&g_control.handlers_inside, FUTEX_WAIT_PRIVATE, inside, nullptr);
+    }
   }
 };
 
@@ -217,43 +263,44 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
     result.outcome = StopOutcome::kNotAllowed;
     return result;
   }
-  std::lock_guard<std::mutex> one_stop_at_a_time(g_primary_mutex);
+  // Set before the mutex: an NMI on this thread that tried to start a stop must be refused here,
+  // not block on a mutex its own thread holds.
   t_in_stop = true;
+  std::lock_guard<std::mutex> one_stop_at_a_time(g_primary_mutex);
   // The IPI stays blocked on the primary: it is the one thread that must not park. NMIs still
   // arrive, and may finish the work themselves (the work's steps are idempotent).
   IrqOffGuard irqs_off;
-  static std::once_flag install_once;
-  std::call_once(install_once, [] {
-    set_ipi_handler(&on_ipi);
-    set_online_gate(&online_gate);
-  });
   g_control.work.store(&work, std::memory_order_release);
   g_control.busy_reason.store(0, std::memory_order_relaxed);
   g_control.spin_before_sleep.store(options.spin_before_sleep, std::memory_order_relaxed);
   g_control.ack_deadline = options.ack_deadline;
 
-  // First step: publish kStopping, then choose the targets among the online vCPUs (this order
-  // pairs with go_online(): see publish()), then interrupt them.
+  // First step: publish kStopping, then choose the targets among the online vCPUs, then
+  // interrupt them. Publishing first pairs with go_online(), which stores `online` and then
+  // reads the word (both seq_cst): either this loop sees the vCPU online and targets it, or the
+  // vCPU sees kStopping and waits at the gate. Choosing first would let a vCPU come online
+  // unseen and run guest code through the whole stop.
+  const auto start = std::chrono::steady_clock::now();
+  const std::uint32_t stopping = StopMachine::publish(StopState::kStopping);
+  g_control.stopping_round = stopping;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   const Vcpu* self = Vcpu::current();
   std::uint32_t targets = 0;
   const VcpuId limit = slot_limit();
   for (VcpuId id = 0; id < limit; ++id) {
     const bool target = (self == nullptr || id != self->id()) &&
-                        slot(id).tid.load(std::memory_order_relaxed) != 0 &&
-                        slot(id).online.load(std::memory_order_seq_cst);
-    g_control.targeted[id].store(target, std::memory_order_relaxed);
+                        slot(id).online.load(std::memory_order_seq_cst) &&
+                        slot(id).tid.load(std::memory_order_seq_cst) != 0;
+    // Release pairs with the handler's acquire load of `targeted`.
+    g_control.targeted[id].store(target, std::memory_order_release);
     targets += target ? 1 : 0;
   }
-  const auto start = std::chrono::steady_clock::now();
-  const std::uint32_t stopping = StopMachine::publish(StopState::kStopping);
-  g_control.stopping_round = stopping;
   for (VcpuId id = 0; id < limit; ++id) {
     if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
-    if (send_ipi(id) != 0) {
-      // The thread is gone: nobody to wait for.
-      g_control.targeted[id].store(false, std::memory_order_relaxed);
-      --targets;
-    }
+    // A failed send (the thread left, or too many signals are queued) is not an excuse to stop
+    // without this vCPU: it stays a target, and unless it left or went offline, the attempt
+    // times out and aborts.
+    (void)send_ipi(id);
   }
   result.targets = targets;
 
@@ -272,10 +319,13 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
     result.work_result = work.run(context);
   }
 
-  // Fourth step (or the abort): every vCPU that parked acknowledges once more and returns.
+  // Fourth step (or the abort): every vCPU that parked acknowledges once more and returns. The
+  // stop is over only when every handler that saw it has left, however long an NMI on top of one
+  // keeps it.
   const std::uint32_t last = StopMachine::publish(
       result.outcome == StopOutcome::kDone ? StopState::kRelease : StopState::kAbort);
   StopMachine::wait_acks(last, options.ack_deadline);
+  StopMachine::wait_handlers_out();
   result.blackout = std::chrono::steady_clock::now() - start;
   x86::sync_core();
   for (VcpuId id = 0; id < limit; ++id) {

@@ -50,10 +50,11 @@ class StopWork {
   /// On each target vCPU, in its IPI handler, before it acknowledges: 0 when the vCPU may stay
   /// parked while the work runs, or a nonzero reason code (the work's own numbering) when it may
   /// not. `ucontext` is the interrupted context. Must be async-signal-safe.
-  virtual int check_parked(VcpuId self, const void* ucontext) = 0;
+  virtual int check_parked(VcpuId self, const void* ucontext) noexcept = 0;
   /// On the primary, with every target parked: 0, or a nonzero reason to report. Must not
-  /// allocate (the parked vCPUs may hold the allocator's locks).
-  virtual int run(StopContext& context) = 0;
+  /// allocate (the parked vCPUs may hold the allocator's locks). noexcept: nothing could unwind
+  /// the protocol, and parked vCPUs would wait for ever.
+  virtual int run(StopContext& context) noexcept = 0;
 };
 
 /// Handed to StopWork::run.
@@ -84,9 +85,9 @@ enum class StopOutcome : std::uint8_t {
 
 struct StopResult {
   StopOutcome outcome = StopOutcome::kDone;
-  int work_result = 0;        ///< StopWork::run's return (kDone), or the busy reason (kBusy)
-  VcpuId culprit = 0;         ///< the vCPU that timed out or was busy
-  std::uint32_t targets = 0;  ///< vCPUs stopped (or asked to stop)
+  int work_result = 0;         ///< StopWork::run's return (kDone), or the busy reason (kBusy)
+  VcpuId culprit = kMaxVcpus;  ///< the vCPU that timed out or was busy; kMaxVcpus if none
+  std::uint32_t targets = 0;   ///< vCPUs stopped (or asked to stop)
   /// From the first IPI to the last vCPU released (or aborted).
   std::chrono::nanoseconds blackout{0};
 };

@@ -181,7 +181,9 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
   VcpuSlot& s = g_slots[id];
   // The previous owner's state stays readable after it leaves (for reports) until the slot is
   // claimed again, so the new owner resets it. Relaxed: nobody acts on a slot that is not online.
-  // stop_ack is left alone: stop-machine compares it with its own round numbers.
+  // stop_ack goes back to 0, a round stop-machine never uses, so that the previous owner's last
+  // acknowledgement cannot be taken for this owner's.
+  s.stop_ack.store(0, std::memory_order_relaxed);
   s.online.store(false, std::memory_order_relaxed);
   s.preempted.store(false, std::memory_order_relaxed);
   s.in_nmi.store(false, std::memory_order_relaxed);

@@ -88,11 +88,11 @@ void sleep_for(std::chrono::nanoseconds ns) {
 class FreezeCheck : public StopWork {
  public:
   explicit FreezeCheck(const Workers& workers) : workers_(workers) {}
-  int check_parked(VcpuId, const void*) override {
+  int check_parked(VcpuId, const void*) noexcept override {
     parked_.fetch_add(1);
     return 0;
   }
-  int run(StopContext& context) override {
+  int run(StopContext& context) noexcept override {
     ran_ = true;
     for (std::size_t i = 0; i < workers_.size(); ++i)
       before_[i] = workers_.count(static_cast<int>(i));
@@ -149,8 +149,8 @@ TEST(StopMachine, PrimaryMayBeAVcpu) {
 class NeverRuns : public StopWork {
  public:
   explicit NeverRuns(VcpuId busy = kMaxVcpus) : busy_(busy) {}
-  int check_parked(VcpuId self, const void*) override { return self == busy_ ? 42 : 0; }
-  int run(StopContext&) override {
+  int check_parked(VcpuId self, const void*) noexcept override { return self == busy_ ? 42 : 0; }
+  int run(StopContext&) noexcept override {
     ran_.store(true);
     return 0;
   }
@@ -209,8 +209,8 @@ TEST(StopMachine, OfflineVcpusAreNotWaitedFor) {
 // A vCPU that comes online while the work runs must wait at the gate until the stop is over.
 class OnlineDuringRun : public StopWork {
  public:
-  int check_parked(VcpuId, const void*) override { return 0; }
-  int run(StopContext&) override {
+  int check_parked(VcpuId, const void*) noexcept override { return 0; }
+  int run(StopContext&) noexcept override {
     go_.store(true);
     sleep_for(5ms);  // long enough for the vCPU to reach the gate, if it was going to pass it
     passed_gate_during_run_ = passed_gate_.load();
@@ -263,8 +263,8 @@ std::atomic<int> g_nmis_seen{0};
 class NmiDuringRun : public StopWork {
  public:
   explicit NmiDuringRun(const Workers& workers) : workers_(workers) {}
-  int check_parked(VcpuId, const void*) override { return 0; }
-  int run(StopContext&) override {
+  int check_parked(VcpuId, const void*) noexcept override { return 0; }
+  int run(StopContext&) noexcept override {
     for (std::size_t i = 0; i < workers_.size(); ++i)
       send_nmi(workers_.id(static_cast<int>(i)));
     for (int spins = 0; spins < 200 && g_nmis_seen.load() < static_cast<int>(workers_.size());
@@ -296,8 +296,8 @@ TEST(StopMachine, NoOtherVcpus) {
 
 class Reentrant : public StopWork {
  public:
-  int check_parked(VcpuId, const void*) override { return 0; }
-  int run(StopContext&) override {
+  int check_parked(VcpuId, const void*) noexcept override { return 0; }
+  int run(StopContext&) noexcept override {
     NeverRuns inner;
     return static_cast<int>(stop_machine(inner).outcome);
   }
