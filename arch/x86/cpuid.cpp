@@ -60,8 +60,8 @@ CpuInfo read_cpu_info() {
   if (cpuid(kExtendedLeafBase).eax >= kExtendedFeaturesLeaf) {
     info.rdtscp = bit(cpuid(kExtendedFeaturesLeaf).edx, 27);
   }
-  // Leaves 0x4000xxxx are only defined when CPUID.1:ECX[31] says a hypervisor is present; on bare
-  // metal they alias the highest basic leaf and would yield garbage.
+  // The leaves from 0x40000000 up are only defined when CPUID.1:ECX[31] says a hypervisor is
+  // present; on bare metal they alias the highest basic leaf and would yield garbage.
   if (info.hypervisor) {
     CpuidRegs h = cpuid(kHypervisorLeafBase);
     info.hypervisor_max_leaf = h.eax;

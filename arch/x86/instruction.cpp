@@ -485,6 +485,16 @@ Status check_relocated(const Decoded& fragment, std::uintptr_t from, const Image
   return {};
 }
 
+// A near CALL with one operand still to fill in: what both call images start from.
+ZydisEncoderRequest near_call_request() {
+  ZydisEncoderRequest request{};
+  request.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+  request.mnemonic = ZYDIS_MNEMONIC_CALL;
+  request.branch_type = ZYDIS_BRANCH_TYPE_NEAR;
+  request.operand_count = 1;
+  return request;
+}
+
 }  // namespace
 
 Result<Image> make_image(std::span<const std::uint8_t> bytes) {
@@ -577,12 +587,8 @@ Result<Image> encode_call(std::uintptr_t site, std::uintptr_t target, std::size_
                      " is out of rel32 range (+/-2 GiB) from the site at " + hex(site) +
                      "; call it through a slot (encode_indirect_call) instead");
   }
-  ZydisEncoderRequest request{};
-  request.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
-  request.mnemonic = ZYDIS_MNEMONIC_CALL;
-  request.branch_type = ZYDIS_BRANCH_TYPE_NEAR;
+  ZydisEncoderRequest request = near_call_request();
   request.branch_width = ZYDIS_BRANCH_WIDTH_32;
-  request.operand_count = 1;
   request.operands[0].type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
   request.operands[0].imm.u = target;
   Result<Encoded> encoded =
@@ -605,11 +611,7 @@ Result<Image> encode_indirect_call(std::uintptr_t site, std::uintptr_t slot,
                  "op slot " + hex(slot) + " is out of rel32 range (+/-2 GiB) from the site at " +
                      hex(site) + "; keep the ops table in the same image as its sites");
   }
-  ZydisEncoderRequest request{};
-  request.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
-  request.mnemonic = ZYDIS_MNEMONIC_CALL;
-  request.branch_type = ZYDIS_BRANCH_TYPE_NEAR;
-  request.operand_count = 1;
+  ZydisEncoderRequest request = near_call_request();
   request.operands[0].type = ZYDIS_OPERAND_TYPE_MEMORY;
   request.operands[0].mem.base = ZYDIS_REGISTER_RIP;
   request.operands[0].mem.displacement = static_cast<ZyanI64>(slot);
