@@ -115,12 +115,12 @@ std::string undo_boot_writes(Engine::Impl& impl) {
   std::size_t undone = 0;
   std::size_t stuck = 0;
   for (engine::SiteEntry& entry : impl.table.entries()) {
-    if (entry.variant.load(std::memory_order_relaxed) == engine::kIndirect) continue;
+    if (entry.variant() == engine::kIndirect && !entry.alt_pad()) continue;
     Result<x86::Image> indirect =
         engine::site_image(impl.catalog, impl.table, entry, engine::kIndirect);
     if (indirect.ok() &&
         impl.poker->write(impl.table.address(entry), indirect.value().view()).ok()) {
-      entry.variant.store(engine::kIndirect, std::memory_order_relaxed);
+      entry.set_held(engine::kIndirect, false);
       ++undone;
     } else {
       ++stuck;
@@ -197,7 +197,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
                        engine::describe_site(impl->catalog, impl->table, *w.entry) + ": " +
                        s.error().message() + "; " + undo_boot_writes(*impl));
     }
-    w.entry->variant.store(w.variant, std::memory_order_relaxed);
+    w.entry->set_held(w.variant, false);
   }
   impl->group_variant = target.value();
   for (const engine::CatalogOp& op : impl->catalog.ops()) {
@@ -232,6 +232,11 @@ Result<Engine*> Engine::boot(const BootOptions& options) {
 
 Engine* Engine::get() {
   return g_engine.load(std::memory_order_acquire);
+}
+
+const Engine::Impl* booted_impl() {
+  const Engine* engine = g_engine.load(std::memory_order_acquire);
+  return engine != nullptr ? engine->impl_.get() : nullptr;
 }
 
 }  // namespace repatch

@@ -22,9 +22,10 @@ using OpIndex = std::uint16_t;
 using VariantIndex = std::uint8_t;
 
 /// The per-site variant value of a site that still holds its unpatched indirect call.
-inline constexpr VariantIndex kIndirect = 0xff;
-/// The largest number of variants a group may have (kIndirect is reserved).
-inline constexpr std::size_t kMaxVariants = 254;
+inline constexpr VariantIndex kIndirect = 0x7f;
+/// The largest number of variants a group may have: seven bits of a site's state byte, kIndirect
+/// reserved (the eighth bit is the site's padding parity; see SiteEntry).
+inline constexpr std::size_t kMaxVariants = 126;
 
 struct CatalogGroup {
   const abi::GroupDesc* desc;

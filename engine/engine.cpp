@@ -50,7 +50,7 @@ EngineStatus Engine::status() const {
     ss.op = op.desc->name;
     ss.group = op.desc->group->name;
     ss.length = entry.length;
-    ss.variant = catalog.variant_name(op.group, entry.variant.load(std::memory_order_relaxed));
+    ss.variant = catalog.variant_name(op.group, entry.variant());
     ss.bytes.assign(bytes, bytes + entry.length);
     ss.instruction = x86::disassemble(ss.bytes, address);
     ss.instruction += call_target_name(ss.instruction);

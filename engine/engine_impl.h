@@ -3,12 +3,14 @@
 #define REPATCH_ENGINE_ENGINE_IMPL_H_
 
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "arch/x86/cpuid.h"
 #include "arch/x86/text_poker.h"
 #include "engine/catalog.h"
 #include "engine/site_table.h"
+#include "engine/transaction.h"
 #include "repatch/engine.h"
 
 namespace repatch {
@@ -22,7 +24,14 @@ struct Engine::Impl {
   x86::CpuInfo cpu;
   /// Current variant of each group (kIndirect: unpatched).
   std::vector<engine::VariantIndex> group_variant;
+  /// One switch at a time. Held in normal context only, never inside a stop.
+  std::mutex switch_mutex;
+  /// The last switch attempt, still published for #BP executors (engine/transaction.h).
+  std::unique_ptr<engine::Transaction> published;
 };
+
+/// The booted engine's state, or nullptr before boot() succeeds. Async-signal-safe.
+const Engine::Impl* booted_impl();
 
 }  // namespace repatch
 

@@ -25,7 +25,7 @@ std::string describe_site(const Catalog& catalog, const SiteTable& table, const 
 }
 
 Result<x86::Image> site_image(const Catalog& catalog, const SiteTable& table,
-                              const SiteEntry& entry, VariantIndex v) {
+                              const SiteEntry& entry, VariantIndex v, bool alt_pad) {
   const CatalogOp& op = catalog.op(entry.op);
   const std::uintptr_t site = table.address(entry);
   Result<x86::Image> image = Error(ErrorCode::kState, "");
@@ -49,13 +49,14 @@ Result<x86::Image> site_image(const Catalog& catalog, const SiteTable& table,
                  "variant '" + std::string(catalog.variant_name(op.group, v)) + "' cannot fill " +
                      describe_site(catalog, table, entry) + ": " + image.error().message());
   }
+  if (alt_pad) return x86::with_pad_prefix(image.value(), x86::kAltPadPrefix);
   return image;
 }
 
 Status check_site_holds_current(const Catalog& catalog, const SiteTable& table,
                                 const SiteEntry& entry) {
-  const VariantIndex current = entry.variant.load(std::memory_order_relaxed);
-  Result<x86::Image> expected = site_image(catalog, table, entry, current);
+  const VariantIndex current = entry.variant();
+  Result<x86::Image> expected = site_image(catalog, table, entry, current, entry.alt_pad());
   if (!expected.ok()) return expected.error();
   const auto actual = site_bytes(table, entry);
   if (std::memcmp(actual.data(), expected.value().bytes.data(), entry.length) == 0) return {};

@@ -13,10 +13,11 @@
 
 namespace repatch::engine {
 
-/// The image of variant `v` (kIndirect: the unpatched `call *slot(%rip)`) for the site `entry`.
-/// Fails with kBadImage or kUnrelocatable, the message naming the site and the variant.
+/// The image of variant `v` (kIndirect: the unpatched `call *slot(%rip)`) for the site `entry`,
+/// padded with x86::kAltPadPrefix when `alt_pad`, else x86::kPadPrefix. Fails with kBadImage or
+/// kUnrelocatable, the message naming the site and the variant.
 Result<x86::Image> site_image(const Catalog& catalog, const SiteTable& table,
-                              const SiteEntry& entry, VariantIndex v);
+                              const SiteEntry& entry, VariantIndex v, bool alt_pad = false);
 
 /// "site 0x5612a0 of op 'demo_lock_release' (in worker(Lock*)+0x1c)".
 std::string describe_site(const Catalog& catalog, const SiteTable& table, const SiteEntry& entry);

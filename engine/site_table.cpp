@@ -103,7 +103,7 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
     e.offset = static_cast<std::uint32_t>(sites[i].address - table.base_);
     e.op = sites[i].op;
     e.length = sites[i].length;
-    e.variant.store(kIndirect, std::memory_order_relaxed);
+    e.set_held(kIndirect, false);
   }
   for (std::size_t i = 0, g = 0; g < table.runs_.size(); ++g) {
     table.runs_[g].begin = static_cast<std::uint32_t>(i);

@@ -24,10 +24,23 @@ struct SiteEntry {
   std::uint32_t offset;  ///< from SiteTable::base()
   OpIndex op;
   std::uint8_t length;
-  /// The variant whose image the site holds now, or kIndirect. Written only by the one thread
-  /// that writes the site's bytes; read by anyone (relaxed: readers use it as a hint and always
-  /// compare the bytes before writing).
-  std::atomic<VariantIndex> variant;
+  /// Which image the site holds now: the variant in the low seven bits (kIndirect: unpatched),
+  /// plus kAltPadBit when its padding uses x86::kAltPadPrefix instead of x86::kPadPrefix. A live
+  /// switch alternates the padding so that every site's first byte changes (see
+  /// docs/switch-protocol.md, "the first byte must change"). Written only by the thread that
+  /// writes the site's bytes (boot, the switch primary after its stop); read by anyone (relaxed:
+  /// readers use it as a hint and always compare the bytes before writing).
+  std::atomic<std::uint8_t> held;
+
+  static constexpr std::uint8_t kAltPadBit = 0x80;
+
+  VariantIndex variant() const {
+    return static_cast<VariantIndex>(held.load(std::memory_order_relaxed) & ~kAltPadBit);
+  }
+  bool alt_pad() const { return (held.load(std::memory_order_relaxed) & kAltPadBit) != 0; }
+  void set_held(VariantIndex v, bool alt) {
+    held.store(static_cast<std::uint8_t>(v | (alt ? kAltPadBit : 0)), std::memory_order_relaxed);
+  }
 };
 static_assert(sizeof(SiteEntry) == 8, "the retained table promises 8 bytes per site");
 

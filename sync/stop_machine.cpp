@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "arch/x86/sync_core.h"
+#include "base/test_hooks.h"
 
 namespace repatch::sync {
 namespace {
@@ -154,6 +155,7 @@ void on_ipi(VcpuId self, void* ucontext) {
 // A vCPU coming online waits here, in normal context, while a stop runs, so that it never runs
 // half-written code (H8). go_online() published `online` before calling this (see vcpu.h).
 void online_gate(VcpuId) {
+  if (test::disabled(test::Handler::kOnlineGate)) return;
   for (;;) {
     const std::uint32_t word = g_control.word.load(std::memory_order_seq_cst);
     if (state_of(word) == StopState::kIdle) return;
@@ -216,6 +218,8 @@ struct StopMachine {
 
   // Waits until all_acknowledged(round), or the deadline passed.
   static bool wait_acks(std::uint32_t round, std::chrono::nanoseconds deadline) {
+    // With the handler off (tests only) the primary waits as a naive rendezvous would: for ever.
+    if (test::disabled(test::Handler::kAckTimeout)) deadline = std::chrono::hours(24 * 365);
     const auto until = std::chrono::steady_clock::now() + deadline;
     for (;;) {
       // Read the epoch first: an acknowledgement after the scan changes it, so the futex wait

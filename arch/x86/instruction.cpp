@@ -497,6 +497,13 @@ ZydisEncoderRequest near_call_request() {
 
 }  // namespace
 
+Image with_pad_prefix(const Image& image, std::uint8_t prefix) {
+  Image out = image;
+  for (std::uint8_t i = 0; i < out.length && out.bytes[i] == kPadPrefix; ++i)
+    out.bytes[i] = prefix;
+  return out;
+}
+
 Result<Image> make_image(std::span<const std::uint8_t> bytes) {
   if (bytes.size() > kMaxInstructionLength) {
     return Error(ErrorCode::kInvalidArgument, "an instruction image holds at most 15 bytes; got " +

@@ -24,6 +24,11 @@ inline constexpr std::size_t kMaxInstructionLength = 15;
 /// override in 64-bit mode, and it is only a branch hint on Jcc, which sites never hold.
 inline constexpr std::uint8_t kPadPrefix = 0x2e;
 
+/// The second padding prefix. A live switch must change every site's first byte, so a site padded
+/// with kPadPrefix is switched to an image padded with this one, and back (ES is ignored in 64-bit
+/// mode as CS is; DS, 3e, is not used because it is the CET no-track hint on indirect branches).
+inline constexpr std::uint8_t kAltPadPrefix = 0x26;
+
 /// The one-byte breakpoint instruction.
 inline constexpr std::uint8_t kInt3 = 0xcc;
 
@@ -38,6 +43,11 @@ struct Image {
            std::equal(a.bytes.begin(), a.bytes.begin() + a.length, b.bytes.begin());
   }
 };
+
+/// `image` with its leading kPadPrefix bytes (the padding every encoder here adds) replaced by
+/// `prefix`. Images are padded only by these encoders, and relocate_to_site refuses fragments that
+/// carry a segment override of their own, so every leading kPadPrefix byte is padding.
+Image with_pad_prefix(const Image& image, std::uint8_t prefix);
 
 /// Builds an `Image` from raw bytes. Fails (kInvalidArgument) when there are more than 15.
 Result<Image> make_image(std::span<const std::uint8_t> bytes);

@@ -46,6 +46,18 @@ class TextPoker {
   /// kernel refuses the write (procmem: also when the address lies in a memfd-remapped range).
   virtual Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) = 0;
 
+  /// Whether compare_exchange_byte() is atomic against other writers (memfd: yes; procmem: no,
+  /// so live switches, whose writes race with INT3 and NMI executors, need the memfd backend).
+  virtual bool can_compare_exchange() const = 0;
+
+  /// If the code byte at `address` holds `expected`, replaces it with `desired`, in one atomic
+  /// read-modify-write through the alias. Returns true when the byte now holds `desired` because
+  /// of this call. Async-signal-safe, never allocates, never fails otherwise: the caller checks
+  /// when planning that `address` lies inside begin()..end(). Backends that cannot
+  /// (can_compare_exchange() false) return false and write nothing.
+  virtual bool compare_exchange_byte(std::uintptr_t address, std::uint8_t expected,
+                                     std::uint8_t desired) noexcept = 0;
+
   /// For the memfd backend: the first and one-past-last code addresses covered (page aligned).
   /// For procmem: both 0.
   virtual std::uintptr_t begin() const = 0;

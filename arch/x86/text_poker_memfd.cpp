@@ -44,6 +44,7 @@
 
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/test_hooks.h"
 #include "base/text.h"
 
 namespace repatch::x86 {
@@ -313,6 +314,20 @@ class MemfdPoker final : public TextPoker {
   std::uintptr_t begin() const override { return begin_; }
   std::uintptr_t end() const override { return end_; }
 
+  bool can_compare_exchange() const override { return true; }
+
+  bool compare_exchange_byte(std::uintptr_t address, std::uint8_t expected,
+                             std::uint8_t desired) noexcept override {
+    if (test::disabled(test::Handler::kWxAlias)) {
+      return compare_exchange_through_rwx(address, expected, desired);
+    }
+    // seq_cst: a locked cmpxchg, which orders this write with every load and store around it
+    // (the executor's later scan of in-op depths, the primary's later publish of the state).
+    auto* byte = reinterpret_cast<std::uint8_t*>(alias_ + (address - begin_));  // NOLINT
+    return __atomic_compare_exchange_n(byte, &expected, desired, false, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+  }
+
   Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) override {
     if (bytes.empty()) {
       return {};
@@ -333,6 +348,20 @@ class MemfdPoker final : public TextPoker {
                      " is outside its text range " + range_text(begin_, end_) +
                      "; create the poker over every page that holds sites");
   }
+  // What a naive patcher does, for the W^X hazard test only (REPATCH_TEST_DISABLE=wx_alias): make
+  // the text page writable and executable, store into it, make it r-x again. The test that
+  // watches for rwx mappings must catch this.
+  static bool compare_exchange_through_rwx(std::uintptr_t address, std::uint8_t expected,
+                                           std::uint8_t desired) noexcept {
+    const std::uintptr_t page = address & ~std::uintptr_t{4095};
+    if (::mprotect(as_ptr(page), 4096, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
+    auto* byte = reinterpret_cast<std::uint8_t*>(address);  // NOLINT
+    const bool swapped = __atomic_compare_exchange_n(byte, &expected, desired, false,
+                                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    ::mprotect(as_ptr(page), 4096, PROT_READ | PROT_EXEC);
+    return swapped;
+  }
+
   std::size_t slot_;
   std::uintptr_t begin_, end_, alias_;
 };

@@ -79,6 +79,11 @@ class ProcMemPoker final : public TextPoker {
   PokerKind kind() const override { return PokerKind::kProcSelfMem; }
   std::uintptr_t begin() const override { return 0; }
   std::uintptr_t end() const override { return 0; }
+  // A pread and a pwrite are two system calls: another executor can write in between.
+  bool can_compare_exchange() const override { return false; }
+  bool compare_exchange_byte(std::uintptr_t, std::uint8_t, std::uint8_t) noexcept override {
+    return false;
+  }
 
   Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) override {
     if (bytes.empty()) {

@@ -7,6 +7,7 @@
 #ifndef REPATCH_ENGINE_H_
 #define REPATCH_ENGINE_H_
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -81,6 +82,75 @@ struct EngineStatus {
   std::string sync_core;  ///< "iret" or "serialize"
 };
 
+/// How a switch writes the sites.
+enum class SwitchWriter : std::uint8_t {
+  /// kBatch when every switched group is interchangeable (abi::kGroupInterchangeable), else
+  /// kStopMachine.
+  kAuto,
+  /// Every other online vCPU parked in its IPI handler for the whole write; quiescence checked.
+  kStopMachine,
+  /// No stop: INT3 on every site, then tails, then first bytes, with
+  /// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) between the steps. Only for groups
+  /// whose variants are interchangeable at any instant; refused for others.
+  kBatch,
+};
+
+/// "auto", "stop" or "batch".
+const char* switch_writer_name(SwitchWriter writer);
+
+struct SwitchOptions {
+  SwitchWriter writer = SwitchWriter::kAuto;
+  /// How long one attempt waits for the vCPUs to acknowledge each round of the stop.
+  std::chrono::nanoseconds ack_deadline = std::chrono::milliseconds(100);
+  /// Attempts are retried, with a growing pause between them, until this much time has passed
+  /// since the first one began.
+  std::chrono::nanoseconds deadline = std::chrono::seconds(2);
+  /// The pause after the first aborted attempt; it doubles after each one, up to 16 times this.
+  std::chrono::nanoseconds first_backoff = std::chrono::microseconds(200);
+};
+
+/// Why an attempt (or the switch) did not commit.
+enum class SwitchAbort : std::uint8_t {
+  kNone,          ///< committed
+  kRefused,       ///< refused before any attempt (see `status`); nothing was tried
+  kAckTimeout,    ///< a vCPU did not acknowledge the stop in time (its IPIs blocked: H3)
+  kBusy,          ///< a vCPU was inside an op of a switched group, or stopped inside a site (H7)
+  kFenceUndone,   ///< after the INT3 fence, an executor was found inside an op of the groups (an
+                  ///< NMI handler), or a vCPU did not serialise in time: the fence was taken back
+  kForeignWrite,  ///< a site changed between planning and the stop; nothing was written
+};
+inline constexpr std::size_t kSwitchAbortCount = 6;
+
+/// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write".
+const char* switch_abort_name(SwitchAbort reason);
+
+/// What a switch did.
+struct SwitchOutcome {
+  /// True when every site of every named group holds its new variant.
+  bool committed() const { return status.ok(); }
+  /// Ok when committed; otherwise why not, for a person: the last attempt's reason, naming the
+  /// vCPU, op or site involved. Planning failures (unknown names, a foreign write, an image that
+  /// cannot be switched live) come back here with attempts == 0.
+  Status status;
+  /// kNone when committed, else the reason of the last attempt.
+  SwitchAbort reason = SwitchAbort::kNone;
+  /// Attempts made (1 when the first one committed).
+  std::uint32_t attempts = 0;
+  /// Aborted attempts, by reason (index: SwitchAbort).
+  std::uint32_t aborts[kSwitchAbortCount] = {};
+  SwitchWriter writer = SwitchWriter::kAuto;  ///< the writer used (never kAuto after planning)
+  /// The last attempt's blackout: from the first IPI to the last vCPU released (stop-machine), or
+  /// from the first write to the last membarrier (batch).
+  std::chrono::nanoseconds blackout{0};
+  /// The whole call, planning and retries included.
+  std::chrono::nanoseconds elapsed{0};
+  std::size_t sites = 0;  ///< sites rewritten
+  /// Times an executor that hit an INT3 of the switch finished the writes itself: outside NMI
+  /// context (int3) and inside an NMI handler (nmi).
+  std::uint64_t int3_completions = 0;
+  std::uint64_t nmi_completions = 0;
+};
+
 class Engine {
  public:
   Engine(const Engine&) = delete;
@@ -115,12 +185,25 @@ class Engine {
   /// naming the first site that differs (something else wrote there). Allocates.
   Status verify_sites() const;
 
+  /// Switches every group named in `choices` to its variant, all at once: no vCPU ever runs a mix
+  /// of old and new variants of these groups. Switching a group to the variant it is in already
+  /// does nothing for it. Normal context only, from a vCPU or any other thread, one switch at a
+  /// time (a second caller waits). Allocates before the stop, never during it.
+  /// Refusals (attempts == 0): kUnknownName, kInvalidArgument (a group named twice, the
+  /// "indirect" target), kForeignWrite, kBadImage (an image pair cannot be switched live: same
+  /// first byte and no padding), kUnsupported (TextWriter::kProcSelfMem cannot switch live;
+  /// kBatch for a group that is not interchangeable), kState (not booted, or called from a signal
+  /// handler or during a stop).
+  SwitchOutcome switch_groups(const std::vector<GroupChoice>& choices,
+                              const SwitchOptions& options = {});
+
   /// Retained patch table bytes per site.
   static std::size_t bytes_per_site();
 
   struct Impl;
 
  private:
+  friend const Impl* booted_impl();
   explicit Engine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -68,8 +68,10 @@ TEST(SiteTable, SortedByGroupThenAddress) {
   EXPECT_EQ(t.address(t.group_sites(1)[0]), code(10));
   EXPECT_EQ(t.address(t.group_sites(1)[1]), code(100));
   EXPECT_EQ(t.group_sites(1)[0].length, 10);
-  for (const engine::SiteEntry& e : t.entries())
-    EXPECT_EQ(e.variant.load(), engine::kIndirect);
+  for (const engine::SiteEntry& e : t.entries()) {
+    EXPECT_EQ(e.variant(), engine::kIndirect);
+    EXPECT_FALSE(e.alt_pad());
+  }
 }
 
 TEST(SiteTable, FindsTheSiteContainingAnAddress) {

@@ -1,28 +1,27 @@
 // W^X: no mapping of this process is ever writable and executable, before, during or after boot.
 #include <gtest/gtest.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
-#include <iterator>
 #include <string>
 
 #include "arch/x86/proc_maps.h"
 #include "guest/demo_workload.h"
 #include "repatch/engine.h"
+#include "tests/support/wx_filter.h"
 
 namespace repatch {
 namespace {
+
+using testing::g_first_wx_prot;
+using testing::g_first_wx_syscall;
+using testing::g_wx_attempts;
+using testing::refuse_writable_and_executable_requests;
 
 std::vector<std::string> writable_and_executable(const char* maps_path) {
   std::vector<std::string> out;
@@ -100,70 +99,11 @@ TEST(WriteXorExecute, NoMappingIsWritableAndExecutableWhileBooting) {
   munmap(page, sizeof(Shared));
 }
 
-// The kernel itself refuses every request for a writable and executable mapping, so boot cannot
-// create one even for an instant that a /proc/<pid>/maps reader would miss. A seccomp filter
-// traps mmap, mprotect and pkey_mprotect whenever prot has both PROT_WRITE and PROT_EXEC; the
-// SIGSYS handler counts the attempt and makes the call fail with EPERM. Counting matters: code
-// that tried W+X and quietly fell back to something else would still boot.
-//
-// The filter cannot be removed and binds every later thread. Under ctest each test is a process
-// of its own; when the binary is run whole, an earlier test has booted already, so the test
-// skips before installing anything and the tests after it run unfiltered.
-
-std::atomic<int> g_wx_attempts{0};
-std::atomic<long> g_first_wx_syscall{-1};
-std::atomic<unsigned long> g_first_wx_prot{0};
-
-void count_wx_attempt(int, siginfo_t* info, void* context) {
-  auto* uc = static_cast<ucontext_t*>(context);
-  if (g_wx_attempts.fetch_add(1) == 0) {
-    g_first_wx_syscall.store(info->si_syscall);
-    g_first_wx_prot.store(static_cast<unsigned long>(uc->uc_mcontext.gregs[REG_RDX]));
-  }
-  // The kernel skipped the system call; whatever RAX holds when the handler returns is its result.
-  uc->uc_mcontext.gregs[REG_RAX] = -EPERM;
-}
-
-// Returns "" or why the filter could not be installed.
-std::string refuse_writable_and_executable_requests() {
-  struct sigaction sa = {};
-  sa.sa_sigaction = count_wx_attempt;
-  sa.sa_flags = SA_SIGINFO;
-  sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGSYS, &sa, nullptr) != 0) return "sigaction(SIGSYS): " + std::to_string(errno);
-
-  constexpr std::uint32_t kWx = PROT_WRITE | PROT_EXEC;
-  // Little-endian: the low 32 bits of args[2] come first, and only they hold prot bits.
-  constexpr std::uint32_t kProtLow = offsetof(seccomp_data, args) + 2 * sizeof(std::uint64_t);
-  sock_filter program[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      // A 32-bit (int 0x80) mmap has other numbers and argument places: not a way round.
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      // Nor the x32 numbers, which share the x86-64 audit arch.
-      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mmap, 3, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 2, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pkey_mprotect, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, kProtLow),
-      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, kWx),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kWx, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog fprog = {.len = static_cast<unsigned short>(std::size(program)), .filter = program};
-  // Lets an unprivileged process install a filter.
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-    return "prctl(PR_SET_NO_NEW_PRIVS): " + std::to_string(errno);
-  }
-  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) {
-    return "seccomp(SECCOMP_SET_MODE_FILTER): " + std::to_string(errno);
-  }
-  return "";
-}
+// The kernel refuses (and counts) every request for a writable and executable mapping: see
+// tests/support/wx_filter.h. The filter cannot be removed and binds every later thread. Under
+// ctest each test is a process of its own; when the binary is run whole, an earlier test has
+// booted already, so the test skips before installing anything and the tests after it run
+// unfiltered.
 
 void boot_with_every_rwx_request_refused(TextWriter writer) {
   if (Engine::get() != nullptr) {

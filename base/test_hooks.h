@@ -1,0 +1,68 @@
+// Test hooks: switching a hazard handler off, and deterministic injection points.
+//
+// Every hazard handler of the switch (DESIGN H1-H11) has a name here. A hazard test proves its
+// handler only if the same test fails with the handler off, so builds with REPATCH_TEST_HOOKS
+// read REPATCH_TEST_DISABLE=<name>[,<name>...] once, before main(), and the engine asks
+// `disabled()` at each handler. Builds without REPATCH_TEST_HOOKS compile every check to false and
+// have no injection points.
+//
+// Injection points let a test act at an exact step of the protocol (stop the primary after the
+// fence, send an NMI to the primary between two writes), so that each hazard is reproducible.
+#ifndef REPATCH_BASE_TEST_HOOKS_H_
+#define REPATCH_BASE_TEST_HOOKS_H_
+
+#include <cstdint>
+
+namespace repatch::test {
+
+enum class Handler : std::uint8_t {
+  kStop,             ///< "stop": stop-machine parks the other vCPUs while sites are written (H1)
+  kInt3Completion,   ///< "int3_completion": a trap at a fenced site finishes the writes (H5)
+  kInt3Rewind,       ///< "int3_rewind": the trap resumes at the site start, not after the int3 (H2)
+  kNmiCompletion,    ///< "nmi_completion": the same, inside an NMI handler (H4)
+  kQuiescenceCheck,  ///< "quiescence_check": vCPUs inside an op of the groups abort the attempt
+                     ///< (H7)
+  kAckTimeout,       ///< "ack_timeout": the primary stops waiting for acknowledgements (H3)
+  kOnlineGate,       ///< "online_gate": a vCPU coming online waits for the stop to end (H8)
+  kWxAlias,          ///< "wx_alias": writes go through the rw- alias, never an rwx mapping (H11)
+  kCount,
+};
+
+/// "stop", "int3_completion", ... as REPATCH_TEST_DISABLE spells them.
+const char* handler_name(Handler handler);
+
+#ifdef REPATCH_TEST_HOOKS
+/// Whether REPATCH_TEST_DISABLE named `handler`. Async-signal-safe (one relaxed load).
+bool disabled(Handler handler) noexcept;
+#else
+constexpr bool disabled(Handler) noexcept {
+  return false;
+}
+#endif
+
+/// Points in a switch at which a test may act. The primary calls the hook with the point and the
+/// number of sites it has written in the current step so far.
+enum class Point : std::uint8_t {
+  kStopped,     ///< every vCPU parked (stop-machine) or writing begins (batch); nothing written yet
+  kFenceWrite,  ///< after each INT3 written by the primary
+  kFenced,      ///< every first byte is INT3, before the direction is decided
+  kTailWrite,   ///< after the tail of each site
+  kHeadWrite,   ///< after each first byte
+  kWritten,     ///< every site holds its new image, vCPUs not yet released
+};
+
+/// Runs on the primary, inside the stop: must be async-signal-safe and must not allocate.
+using InjectionHook = void (*)(Point point, std::uint32_t sites_done, void* arg) noexcept;
+
+#ifdef REPATCH_TEST_HOOKS
+/// Installs `hook` (nullptr removes it). Call while no switch runs.
+void set_injection(InjectionHook hook, void* arg);
+/// Called by the engine at each point.
+void inject(Point point, std::uint32_t sites_done) noexcept;
+#else
+inline void inject(Point, std::uint32_t) noexcept {}
+#endif
+
+}  // namespace repatch::test
+
+#endif  // REPATCH_BASE_TEST_HOOKS_H_

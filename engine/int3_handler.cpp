@@ -1,0 +1,122 @@
+#include "engine/int3_handler.h"
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "arch/x86/instruction.h"
+#include "base/test_hooks.h"
+#include "engine/transaction.h"
+#include "sync/vcpu.h"
+
+namespace repatch::engine {
+namespace {
+
+std::atomic<const SiteTable*> g_table{nullptr};
+// Written once in normal context before the handler is installed; the handler only reads it.
+struct sigaction g_previous {};
+
+// What to do with a trap at the start of a site of the table.
+enum class Verdict { kResumeAtSite, kRetrap, kNotOurs };
+
+Verdict handle_site_trap(std::uintptr_t site) noexcept {
+  return with_published([site](Transaction* transaction) noexcept {
+    const SitePlan* plan = transaction != nullptr ? transaction->site_at(site) : nullptr;
+    const auto* first = reinterpret_cast<const volatile std::uint8_t*>(site);  // NOLINT
+    if (plan == nullptr) {
+      // Not being switched: ours only if the int3 we hit is gone already (the attempt that
+      // fenced it finished between our trap and this load).
+      return *first == x86::kInt3 ? Verdict::kNotOurs : Verdict::kResumeAtSite;
+    }
+    const sync::Vcpu* self = sync::Vcpu::current();
+    const bool in_nmi =
+        self != nullptr && sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);
+    if (in_nmi ? test::disabled(test::Handler::kNmiCompletion)
+               : test::disabled(test::Handler::kInt3Completion)) {
+      // With completion off, an NMI can only wait for someone else to finish (it re-traps until
+      // then: a livelock when the NMI sits on the primary); anything else is not handled at all.
+      return in_nmi ? Verdict::kRetrap : Verdict::kNotOurs;
+    }
+    transaction->complete(in_nmi);
+    return Verdict::kResumeAtSite;
+  });
+}
+
+// The default action of SIGTRAP (a core dump), taken now: restore SIG_DFL and re-send. SIGTRAP is
+// not blocked in this handler (SA_NODEFER), so the signal is delivered at once.
+void die_of_sigtrap() noexcept {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGTRAP, &dfl, nullptr);
+  syscall(SYS_tgkill, getpid(), static_cast<pid_t>(syscall(SYS_gettid)), SIGTRAP);
+}
+
+void pass_on(int sig, siginfo_t* info, void* ucontext) noexcept {
+  if ((g_previous.sa_flags & SA_SIGINFO) != 0 && g_previous.sa_sigaction != nullptr) {
+    g_previous.sa_sigaction(sig, info, ucontext);
+  } else if (g_previous.sa_handler == SIG_IGN) {
+    return;
+  } else if (g_previous.sa_handler == SIG_DFL) {
+    die_of_sigtrap();
+  } else {
+    g_previous.sa_handler(sig);
+  }
+}
+
+void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
+  const int saved_errno = errno;
+  auto* context = static_cast<ucontext_t*>(ucontext);
+  const SiteTable* table = g_table.load(std::memory_order_acquire);
+  // An int3 reports SI_KERNEL with RIP just past the int3 byte; raise() and debuggers' single
+  // steps report other codes.
+  if (table != nullptr && info != nullptr && info->si_code == SI_KERNEL) {
+    const auto site = static_cast<std::uintptr_t>(context->uc_mcontext.gregs[REG_RIP]) - 1;
+    const SiteEntry* entry = table->find(site);
+    if (entry != nullptr && table->address(*entry) == site) {
+      const Verdict verdict = handle_site_trap(site);
+      if (verdict != Verdict::kNotOurs) {
+        // Back to the first byte: the whole instruction there runs, never its tail alone (H2).
+        if (!test::disabled(test::Handler::kInt3Rewind) || verdict == Verdict::kRetrap) {
+          context->uc_mcontext.gregs[REG_RIP] = static_cast<greg_t>(site);
+        }
+        errno = saved_errno;
+        return;
+      }
+    }
+  }
+  errno = saved_errno;
+  pass_on(sig, info, ucontext);
+}
+
+}  // namespace
+
+Status install_int3_handler(const SiteTable& table) {
+  static std::mutex once;
+  std::lock_guard<std::mutex> lock(once);
+  g_table.store(&table, std::memory_order_release);
+  static bool installed = false;
+  if (installed) return {};
+  struct sigaction action {};
+  action.sa_sigaction = &on_sigtrap;
+  // SA_NODEFER: SIGTRAP stays deliverable inside the handler (an int3 with SIGTRAP blocked kills
+  // the process). SA_ONSTACK: on a vCPU, nested on top of its IPI and NMI frames.
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
+  sigemptyset(&action.sa_mask);
+  if (sigaction(SIGTRAP, &action, &g_previous) != 0) {
+    const int err = errno;
+    return Error(ErrorCode::kSystem, std::string("sigaction(SIGTRAP) failed: ") +
+                                         std::strerror(err) +
+                                         "; live switches need the #BP handler");
+  }
+  installed = true;
+  return {};
+}
+
+}  // namespace repatch::engine

@@ -1,0 +1,398 @@
+// Engine::switch_groups(): plan, then attempts until one commits or the deadline passes.
+//
+// One attempt with stop-machine (sync/stop_machine.h runs the stop; engine/transaction.h the
+// writes):
+//   first step:  every other online vCPU parks in its IPI handler and checks its interrupted
+//                context: not inside a site of the switch, no op of the groups in flight (H7);
+//   second step: the primary checks every site still holds its old image, publishes the attempt
+//                for the #BP handler, writes the INT3 fence and makes every parked vCPU
+//                serialise;
+//   third step:  it decides the direction: forward if every vCPU serialised and nobody (an NMI
+//                handler included) is inside an op of the groups, else backward;
+//   fourth step: forward: tails, sync, heads, sync; backward: the fence is taken back, sync;
+//   fifth step:  release: parked vCPUs serialise and return.
+// An NMI or #BP executor may do any of the writes instead of the primary; the primary's own
+// compare-and-swaps then find them done (H4, H5).
+//
+// The batch writer (interchangeable groups) runs the same writes without a stop, with
+// membarrier(SYNC_CORE) in place of the parked vCPUs' serialisation.
+#include <ucontext.h>
+
+#include <algorithm>
+#include <string>
+#include <thread>
+
+#include "base/test_hooks.h"
+#include "base/text.h"
+#include "engine/engine_impl.h"
+#include "engine/int3_handler.h"
+#include "engine/site_image.h"
+#include "engine/transaction.h"
+#include "sync/stop_machine.h"
+#include "sync/sync_cores.h"
+
+namespace repatch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Reasons the stop work reports (StopWork's own numbering; 0 is success).
+enum WorkReason : int {
+  kReasonInOp = 1,       // check_parked: an op of a switched group in flight on that vCPU
+  kReasonMidSite,        // check_parked: stopped inside a site of the switch
+  kReasonForeign,        // run: a site no longer held its old image
+  kReasonSyncTimeout,    // run: a parked vCPU did not serialise after the fence
+  kReasonInOpAfterFence  // run: an executor was inside an op of the groups after the fence
+};
+
+class SwitchWork final : public sync::StopWork {
+ public:
+  explicit SwitchWork(engine::Transaction& transaction) : transaction_(transaction) {}
+
+  int check_parked(sync::VcpuId self, const void* ucontext) noexcept override {
+    if (test::disabled(test::Handler::kQuiescenceCheck)) return 0;
+    const auto* context = static_cast<const ucontext_t*>(ucontext);
+    if (transaction_.inside_site(
+            static_cast<std::uintptr_t>(context->uc_mcontext.gregs[REG_RIP]))) {
+      return kReasonMidSite;
+    }
+    if (transaction_.vcpu_in_op() == self) return kReasonInOp;
+    return 0;
+  }
+
+  int run(sync::StopContext& context) noexcept override {
+    if (!transaction_.sites_hold_old()) return kReasonForeign;
+    engine::publish(&transaction_);
+    test::inject(test::Point::kStopped, 0);
+    transaction_.fence(/*primary=*/true);
+    const bool synced = context.sync_all();
+    test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction_.size()));
+    in_op_after_fence_ = test::disabled(test::Handler::kQuiescenceCheck)
+                             ? sync::kMaxVcpus
+                             : transaction_.vcpu_in_op();
+    const bool forward = synced && in_op_after_fence_ == sync::kMaxVcpus;
+    if (transaction_.decide(forward ? engine::Direction::kForward : engine::Direction::kBackward) ==
+        engine::Direction::kForward) {
+      transaction_.write_tails(/*primary=*/true);
+      context.sync_all();
+      transaction_.write_heads(/*primary=*/true);
+      context.sync_all();
+      test::inject(test::Point::kWritten, static_cast<std::uint32_t>(transaction_.size()));
+      return 0;
+    }
+    transaction_.unfence();
+    context.sync_all();
+    return synced ? kReasonInOpAfterFence : kReasonSyncTimeout;
+  }
+
+  sync::VcpuId in_op_after_fence() const { return in_op_after_fence_; }
+
+ private:
+  engine::Transaction& transaction_;
+  sync::VcpuId in_op_after_fence_ = sync::kMaxVcpus;
+};
+
+// The batch writer: nobody stops. Returns the time from the first write to the last sync.
+std::chrono::nanoseconds write_batch(engine::Transaction& transaction) {
+  engine::publish(&transaction);
+  const auto start = Clock::now();
+  test::inject(test::Point::kStopped, 0);
+  transaction.fence(/*primary=*/true);
+  sync::sync_cores();
+  test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction.size()));
+  transaction.decide(engine::Direction::kForward);
+  transaction.write_tails(/*primary=*/true);
+  sync::sync_cores();
+  transaction.write_heads(/*primary=*/true);
+  sync::sync_cores();
+  test::inject(test::Point::kWritten, static_cast<std::uint32_t>(transaction.size()));
+  return Clock::now() - start;
+}
+
+std::string vcpu_name(sync::VcpuId id) {
+  const pid_t tid = id < sync::kMaxVcpus ? sync::slot(id).tid.load() : 0;
+  return "vCPU " + std::to_string(id) + (tid != 0 ? " (thread " + std::to_string(tid) + ")" : "");
+}
+
+struct Plan {
+  std::vector<engine::SitePlan> sites;
+  std::uint32_t tracked_groups = 0;
+  std::vector<engine::VariantIndex> target;  // per group; the current variant when not switched
+  std::string groups_text;                   // "'demo_lock' to 'pv'", for messages
+};
+
+// The image a site switches to: the new variant, padded so that its first byte differs from the
+// one the site holds now (docs/switch-protocol.md, "the first byte must change").
+Result<engine::SitePlan> plan_site(const Engine::Impl& impl, engine::SiteEntry& entry,
+                                   engine::VariantIndex to) {
+  const engine::Catalog& catalog = impl.catalog;
+  const std::uintptr_t address = impl.table.address(entry);
+  Result<x86::Image> from =
+      engine::site_image(catalog, impl.table, entry, entry.variant(), entry.alt_pad());
+  if (!from.ok()) return from.error();
+  for (const bool alt : {!entry.alt_pad(), entry.alt_pad()}) {
+    Result<x86::Image> image = engine::site_image(catalog, impl.table, entry, to, alt);
+    if (!image.ok()) return image.error();
+    if (image.value().bytes[0] == from.value().bytes[0]) continue;
+    if (Status s = x86::verify_site_image(image.value().view(), address); !s.ok()) {
+      return Error(s.error().code(), engine::describe_site(catalog, impl.table, entry) +
+                                         ": its padded image is refused: " + s.error().message());
+    }
+    return engine::SitePlan{
+        address, &entry, from.value(), image.value(),
+        static_cast<std::uint8_t>(to | (alt ? engine::SiteEntry::kAltPadBit : 0))};
+  }
+  const engine::GroupIndex g = catalog.op(entry.op).group;
+  return Error(ErrorCode::kBadImage,
+               engine::describe_site(catalog, impl.table, entry) + " cannot switch live from '" +
+                   std::string(catalog.variant_name(g, entry.variant())) + "' to '" +
+                   std::string(catalog.variant_name(g, to)) +
+                   "': both images start with the same byte and have no padding to vary, so a "
+                   "late INT3 could not be told from the new instruction; lengthen the op's sites "
+                   "so that one image is padded");
+}
+
+Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& choices) {
+  const engine::Catalog& catalog = impl.catalog;
+  Plan plan;
+  plan.target = impl.group_variant;
+  std::vector<bool> named(catalog.groups().size(), false);
+  std::vector<engine::GroupIndex> switched;
+  for (const GroupChoice& choice : choices) {
+    Result<engine::GroupIndex> g = catalog.find_group(choice.group);
+    if (!g.ok()) return g.error();
+    if (named[g.value()]) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "group '" + choice.group + "' is named twice in one switch");
+    }
+    named[g.value()] = true;
+    Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
+    if (!v.ok()) return v.error();
+    if (v.value() == engine::kIndirect) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "group '" + choice.group +
+                       "' cannot be switched back to 'indirect': that is "
+                       "the unpatched state before boot; name one of its variants");
+    }
+    if (!plan.groups_text.empty()) plan.groups_text += ", ";
+    plan.groups_text += "'" + choice.group + "' to '" + choice.variant + "'";
+    if (v.value() == impl.group_variant[g.value()]) continue;
+    plan.target[g.value()] = v.value();
+    switched.push_back(g.value());
+  }
+  for (const engine::GroupIndex g : switched) {
+    if (g < sync::kMaxTrackedGroups) plan.tracked_groups |= 1u << g;
+    for (engine::SiteEntry& entry : impl.table.group_sites(g)) {
+      if (Status s = engine::check_site_holds_current(catalog, impl.table, entry); !s.ok()) {
+        return s.error();
+      }
+      Result<engine::SitePlan> site = plan_site(impl, entry, plan.target[g]);
+      if (!site.ok()) return site.error();
+      plan.sites.push_back(site.value());
+    }
+  }
+  std::sort(
+      plan.sites.begin(), plan.sites.end(),
+      [](const engine::SitePlan& a, const engine::SitePlan& b) { return a.address < b.address; });
+  return plan;
+}
+
+Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
+                                   const std::vector<GroupChoice>& choices,
+                                   SwitchWriter requested) {
+  bool interchangeable = true;
+  std::string stubborn;
+  for (const GroupChoice& choice : choices) {
+    const engine::GroupIndex g = impl.catalog.find_group(choice.group).value();
+    if ((impl.catalog.group(g).desc->flags & abi::kGroupInterchangeable) == 0) {
+      interchangeable = false;
+      stubborn = choice.group;
+    }
+  }
+  if (requested == SwitchWriter::kAuto) {
+    return interchangeable ? SwitchWriter::kBatch : SwitchWriter::kStopMachine;
+  }
+  if (requested == SwitchWriter::kBatch && !interchangeable) {
+    return Error(
+        ErrorCode::kUnsupported,
+        "group '" + stubborn +
+            "' is not interchangeable (abi::kGroupInterchangeable), so "
+            "its variants may not run side by side: switch it with SwitchWriter::kStopMachine");
+  }
+  return requested;
+}
+
+}  // namespace
+
+const char* switch_writer_name(SwitchWriter writer) {
+  switch (writer) {
+    case SwitchWriter::kAuto:
+      return "auto";
+    case SwitchWriter::kStopMachine:
+      return "stop";
+    case SwitchWriter::kBatch:
+      return "batch";
+  }
+  return "unknown";
+}
+
+const char* switch_abort_name(SwitchAbort reason) {
+  switch (reason) {
+    case SwitchAbort::kNone:
+      return "none";
+    case SwitchAbort::kRefused:
+      return "refused";
+    case SwitchAbort::kAckTimeout:
+      return "ack_timeout";
+    case SwitchAbort::kBusy:
+      return "busy";
+    case SwitchAbort::kFenceUndone:
+      return "fence_undone";
+    case SwitchAbort::kForeignWrite:
+      return "foreign_write";
+  }
+  return "unknown";
+}
+
+SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
+                                    const SwitchOptions& options) {
+  const auto start = Clock::now();
+  SwitchOutcome outcome;
+  const auto refuse = [&](Error error) {
+    outcome.status = std::move(error);
+    outcome.reason = SwitchAbort::kRefused;
+    outcome.elapsed = Clock::now() - start;
+    return outcome;
+  };
+  Impl& impl = *impl_;
+  std::lock_guard<std::mutex> one_switch_at_a_time(impl.switch_mutex);
+
+  Result<Plan> planned = plan_switch(impl, choices);
+  if (!planned.ok()) return refuse(planned.error());
+  Plan plan = std::move(planned).value();
+  Result<SwitchWriter> writer = choose_writer(impl, choices, options.writer);
+  if (!writer.ok()) return refuse(writer.error());
+  outcome.writer = writer.value();
+  if (plan.sites.empty()) {
+    // Every group is in its variant already (or has no sites): nothing to write, nothing to stop.
+    for (std::size_t g = 0; g < plan.target.size(); ++g)
+      impl.group_variant[g] = plan.target[g];
+    outcome.elapsed = Clock::now() - start;
+    return outcome;
+  }
+  if (impl.poker == nullptr || !impl.poker->can_compare_exchange()) {
+    return refuse(Error(ErrorCode::kUnsupported,
+                        "live switches need the memfd text writer (its writes are atomic against "
+                        "the INT3 and NMI executors); this engine was booted with " +
+                            std::string(x86::poker_kind_name(impl.writer))));
+  }
+  if (Status s = engine::install_int3_handler(impl.table); !s.ok()) return refuse(s.error());
+  if (Status s = sync::register_sync_cores(); !s.ok() && outcome.writer == SwitchWriter::kBatch) {
+    return refuse(s.error());
+  }
+  outcome.sites = plan.sites.size();
+  // With the "stop" handler off (tests only), a stop-machine switch writes as the batch writer
+  // does, without parking anyone: the half-switch hazard test must then see a mixed group.
+  const bool stop =
+      outcome.writer == SwitchWriter::kStopMachine && !test::disabled(test::Handler::kStop);
+
+  auto backoff = options.first_backoff;
+  std::string last_reason;
+  for (;;) {
+    ++outcome.attempts;
+    auto attempt =
+        std::make_unique<engine::Transaction>(plan.sites, plan.tracked_groups, *impl.poker, !stop);
+    SwitchAbort reason = SwitchAbort::kNone;
+    if (stop) {
+      SwitchWork work(*attempt);
+      const sync::StopResult result =
+          sync::stop_machine(work, {.ack_deadline = options.ack_deadline});
+      outcome.blackout = result.blackout;
+      switch (result.outcome) {
+        case sync::StopOutcome::kDone:
+          if (result.work_result == kReasonForeign) {
+            reason = SwitchAbort::kForeignWrite;
+            last_reason = "a site changed after planning";
+            for (const engine::SitePlan& site : plan.sites) {
+              if (Status s =
+                      engine::check_site_holds_current(impl.catalog, impl.table, *site.entry);
+                  !s.ok()) {
+                last_reason = s.error().message();
+                break;
+              }
+            }
+          } else if (result.work_result != 0) {
+            reason = SwitchAbort::kFenceUndone;
+            last_reason = result.work_result == kReasonSyncTimeout
+                              ? "a vCPU did not serialise after the INT3 fence within the ack "
+                                "deadline; the fence was taken back"
+                              : vcpu_name(work.in_op_after_fence()) +
+                                    " was inside an op of a switched group after the INT3 fence "
+                                    "(an NMI handler); the fence was taken back";
+          }
+          break;
+        case sync::StopOutcome::kAckTimeout:
+          reason = SwitchAbort::kAckTimeout;
+          last_reason = vcpu_name(result.culprit) + " did not acknowledge the stop within " +
+                        std::to_string(options.ack_deadline.count() / 1000) +
+                        " us (its IPIs blocked for that long?); nothing was written";
+          break;
+        case sync::StopOutcome::kBusy:
+          reason = SwitchAbort::kBusy;
+          last_reason =
+              vcpu_name(result.culprit) +
+              (result.work_result == kReasonMidSite ? " was stopped inside a site being rewritten"
+                                                    : " was inside an op of a switched group") +
+              "; nothing was written";
+          break;
+        case sync::StopOutcome::kNotAllowed:
+          engine::wait_for_executors();
+          impl.published = std::move(attempt);
+          return refuse(Error(ErrorCode::kState,
+                              "switch_groups() was called during a stop (from stop work or a "
+                              "handler on the primary); switch from normal context"));
+      }
+    } else {
+      outcome.blackout = write_batch(*attempt);
+    }
+    outcome.int3_completions += attempt->int3_completions();
+    outcome.nmi_completions += attempt->nmi_completions();
+    // The attempt stays published for executors that trapped on it; the previous one is freed
+    // once none of them can still be inside it.
+    engine::wait_for_executors();
+    impl.published = std::move(attempt);
+    if (reason == SwitchAbort::kNone) break;
+
+    ++outcome.aborts[static_cast<std::size_t>(reason)];
+    outcome.reason = reason;
+    const auto now = Clock::now();
+    if (reason == SwitchAbort::kForeignWrite || now - start + backoff > options.deadline) {
+      outcome.status =
+          Error(reason == SwitchAbort::kForeignWrite ? ErrorCode::kForeignWrite : ErrorCode::kState,
+                "switch of " + plan.groups_text + " aborted after " +
+                    std::to_string(outcome.attempts) + " attempt(s): " + last_reason);
+      outcome.elapsed = now - start;
+      return outcome;
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, options.first_backoff * 16);
+  }
+
+  // Commit: every site holds its new image.
+  outcome.reason = SwitchAbort::kNone;
+  for (const engine::SitePlan& site : plan.sites) {
+    site.entry->held.store(site.held_after, std::memory_order_relaxed);
+  }
+  // The op slots follow their group, as after boot (no site of a switched group calls through
+  // them any more, so nobody reads the ones that change).
+  for (const engine::CatalogOp& op : impl.catalog.ops()) {
+    const engine::VariantIndex v = plan.target[op.group];
+    if (v == impl.group_variant[op.group]) continue;
+    *op.desc->slot = reinterpret_cast<void*>(op.variants[v]->callable);
+  }
+  impl.group_variant = plan.target;
+  outcome.elapsed = Clock::now() - start;
+  return outcome;
+}
+
+}  // namespace repatch

@@ -1,0 +1,146 @@
+#include "engine/transaction.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/test_hooks.h"
+#include "sync/sync_cores.h"
+#include "sync/vcpu.h"
+
+namespace repatch::engine {
+
+namespace detail {
+std::atomic<Transaction*> g_published{nullptr};
+std::atomic<std::uint32_t> g_executors_inside{0};
+}  // namespace detail
+
+Transaction::Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups,
+                         x86::TextPoker& poker, bool stopless)
+    : sites_(std::move(sites)),
+      tracked_groups_(tracked_groups),
+      poker_(poker),
+      stopless_(stopless) {}
+
+const SitePlan* Transaction::site_at(std::uintptr_t address) const noexcept {
+  const auto it =
+      std::lower_bound(sites_.begin(), sites_.end(), address,
+                       [](const SitePlan& site, std::uintptr_t a) { return site.address < a; });
+  return it != sites_.end() && it->address == address ? &*it : nullptr;
+}
+
+bool Transaction::inside_site(std::uintptr_t rip) const noexcept {
+  // The last site starting at or below rip.
+  const auto it =
+      std::upper_bound(sites_.begin(), sites_.end(), rip,
+                       [](std::uintptr_t a, const SitePlan& site) { return a < site.address; });
+  if (it == sites_.begin()) return false;
+  const SitePlan& site = *(it - 1);
+  return rip > site.address && rip < site.address + site.to.length;
+}
+
+bool Transaction::sites_hold_old() const noexcept {
+  for (const SitePlan& site : sites_) {
+    if (std::memcmp(
+            reinterpret_cast<const void*>(site.address),  // NOLINT(performance-no-int-to-ptr)
+            site.from.bytes.data(), site.from.length) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::uint16_t Transaction::vcpu_in_op() const noexcept {
+  if (tracked_groups_ == 0) return sync::kMaxVcpus;
+  const sync::VcpuId limit = sync::slot_limit();
+  for (sync::VcpuId id = 0; id < limit; ++id) {
+    sync::VcpuSlot& slot = sync::slot(id);
+    if (slot.tid.load(std::memory_order_relaxed) == 0) continue;
+    for (std::uint32_t bits = tracked_groups_; bits != 0; bits &= bits - 1) {
+      // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence
+      // was visible is seen here (pairs with the seq_cst increment in OpInFlight).
+      if (slot.in_op[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return id;
+    }
+  }
+  return sync::kMaxVcpus;
+}
+
+void Transaction::fence(bool primary) noexcept {
+  std::uint32_t done = 0;
+  for (const SitePlan& site : sites_) {
+    poker_.compare_exchange_byte(site.address, site.from.bytes[0], x86::kInt3);
+    if (primary) test::inject(test::Point::kFenceWrite, ++done);
+  }
+}
+
+Direction Transaction::decide(Direction wish) noexcept {
+  Direction expected = Direction::kUndecided;
+  // acq_rel: the winner's fence writes happen before anyone acts on the direction; a loser
+  // acquires the winner's.
+  if (direction_.compare_exchange_strong(expected, wish, std::memory_order_acq_rel)) return wish;
+  return expected;
+}
+
+void Transaction::write_tails(bool primary) noexcept {
+  std::uint32_t done = 0;
+  for (const SitePlan& site : sites_) {
+    for (std::uint8_t i = 1; i < site.to.length; ++i) {
+      if (site.from.bytes[i] != site.to.bytes[i]) {
+        poker_.compare_exchange_byte(site.address + i, site.from.bytes[i], site.to.bytes[i]);
+      }
+    }
+    if (primary) test::inject(test::Point::kTailWrite, ++done);
+  }
+}
+
+void Transaction::write_heads(bool primary) noexcept {
+  std::uint32_t done = 0;
+  for (const SitePlan& site : sites_) {
+    poker_.compare_exchange_byte(site.address, x86::kInt3, site.to.bytes[0]);
+    if (primary) test::inject(test::Point::kHeadWrite, ++done);
+  }
+}
+
+void Transaction::unfence() noexcept {
+  for (const SitePlan& site : sites_) {
+    poker_.compare_exchange_byte(site.address, x86::kInt3, site.from.bytes[0]);
+  }
+}
+
+void Transaction::complete(bool in_nmi) noexcept {
+  Direction direction = this->direction();
+  if (direction == Direction::kUndecided) {
+    // Fence every site before deciding: tails must never be written to a site another executor
+    // could still be running. The primary may be anywhere in its own fence (this may be an NMI on
+    // top of it); the compare-and-swaps make the overlap harmless.
+    fence(false);
+    sync::sync_cores();
+    const bool nobody_in_op =
+        test::disabled(test::Handler::kQuiescenceCheck) || vcpu_in_op() == sync::kMaxVcpus;
+    direction = decide(stopless_ || nobody_in_op ? Direction::kForward : Direction::kBackward);
+  }
+  if (direction == Direction::kForward) {
+    write_tails(false);
+    sync::sync_cores();
+    write_heads(false);
+  } else {
+    // An executor that fenced above while the primary was taking the fence back may have left an
+    // INT3 behind; this pass removes its own, as every executor's does.
+    unfence();
+  }
+  sync::sync_cores();
+  (in_nmi ? nmi_completions_ : int3_completions_).fetch_add(1, std::memory_order_relaxed);
+}
+
+void publish(Transaction* transaction) noexcept {
+  // seq_cst: pairs with the executors' seq_cst load in with_published (see there).
+  detail::g_published.store(transaction, std::memory_order_seq_cst);
+}
+
+void wait_for_executors() noexcept {
+  while (detail::g_executors_inside.load(std::memory_order_seq_cst) != 0)
+    sched_yield();
+}
+
+}  // namespace repatch::engine

@@ -1,0 +1,127 @@
+// One attempt at switching groups: the planned images and the idempotent write steps that any
+// executor can run (the primary, an NMI handler, a thread that hit an INT3 of the fence).
+//
+// The protocol (docs/switch-protocol.md has the reasoning):
+//   first step:  fence  - every site's first byte goes from its old value to INT3;
+//   second step: decide - one compare-and-swap of `direction` from undecided to forward (nobody is
+//                         inside an op of the groups) or backward (somebody is, or a vCPU did not
+//                         serialise): the first executor to decide wins and everyone follows;
+//   third step:  forward: tails (every byte after the first, old to new), then heads (INT3 to the
+//                new first byte); backward: unfence (INT3 back to the old first byte).
+// Every write is a compare-and-swap of one byte from the value it expects to the next one, so a
+// replay that comes late finds the byte already moved on and does nothing. A site's first byte
+// always differs between its old and new image (planning alternates the padding prefix), so a late
+// fence can never succeed on a site whose heads were written.
+//
+// Executors never wait for one another: an NMI may have interrupted any of them, the primary
+// included. Each counts itself in and out (executors_inside), and the primary waits in normal
+// context until none is left before it frees an attempt.
+#ifndef REPATCH_ENGINE_TRANSACTION_H_
+#define REPATCH_ENGINE_TRANSACTION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "arch/x86/instruction.h"
+#include "arch/x86/text_poker.h"
+#include "engine/catalog.h"
+#include "engine/site_table.h"
+
+namespace repatch::engine {
+
+/// One site's part in a switch.
+struct SitePlan {
+  std::uintptr_t address;
+  SiteEntry* entry;
+  x86::Image from;          ///< what it holds now
+  x86::Image to;            ///< what it will hold
+  std::uint8_t held_after;  ///< SiteEntry::held once committed
+};
+
+enum class Direction : std::uint8_t { kUndecided, kForward, kBackward };
+
+class Transaction {
+ public:
+  /// `sites` sorted by address. `tracked_groups`: bit g set for each switched group g below 32
+  /// (the groups whose in-op depth vCPUs keep). `stopless`: the batch writer (nobody is stopped;
+  /// the groups are interchangeable, so executors always go forward).
+  Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups, x86::TextPoker& poker,
+              bool stopless);
+
+  std::size_t size() const { return sites_.size(); }
+  const std::vector<SitePlan>& sites() const { return sites_; }
+  bool stopless() const { return stopless_; }
+
+  /// The site starting at `address`, or nullptr. Async-signal-safe.
+  const SitePlan* site_at(std::uintptr_t address) const noexcept;
+  /// Whether `rip` lies inside a site of this transaction, after its first byte (a thread stopped
+  /// there would resume in the middle of a rewritten instruction). Async-signal-safe.
+  bool inside_site(std::uintptr_t rip) const noexcept;
+
+  /// Whether every site still holds its old image (checked under the stop, before the fence).
+  bool sites_hold_old() const noexcept;
+  /// The first vCPU inside an op of a switched group, or sync::kMaxVcpus. Async-signal-safe.
+  std::uint16_t vcpu_in_op() const noexcept;
+
+  // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
+  void fence(bool primary) noexcept;
+  /// Moves `direction` from undecided to `wish`; returns the direction that won.
+  Direction decide(Direction wish) noexcept;
+  Direction direction() const noexcept { return direction_.load(std::memory_order_acquire); }
+  void write_tails(bool primary) noexcept;
+  void write_heads(bool primary) noexcept;
+  void unfence() noexcept;
+
+  /// What an executor other than the primary runs: finishes the attempt in whatever direction it
+  /// goes (deciding it if nobody has yet), serialising the other CPUs between steps with
+  /// membarrier where it can. `in_nmi` selects the counter it is reported in.
+  void complete(bool in_nmi) noexcept;
+
+  std::uint64_t int3_completions() const { return int3_completions_.load(); }
+  std::uint64_t nmi_completions() const { return nmi_completions_.load(); }
+
+ private:
+  std::vector<SitePlan> sites_;
+  std::uint32_t tracked_groups_;
+  x86::TextPoker& poker_;
+  bool stopless_;
+  std::atomic<Direction> direction_{Direction::kUndecided};
+  std::atomic<std::uint64_t> int3_completions_{0};
+  std::atomic<std::uint64_t> nmi_completions_{0};
+};
+
+/// The attempt executors find through the #BP handler. The primary publishes an attempt (seq_cst)
+/// before its first write and leaves it in place after it ends, so that a thread that trapped on
+/// the fence still finds it after it finished; the next attempt replaces it.
+void publish(Transaction* transaction) noexcept;
+
+/// Runs `fn(transaction)` for the published attempt (nullptr when none), counted as an executor
+/// for the call's duration. Async-signal-safe when `fn` is.
+template <typename Fn>
+auto with_published(Fn&& fn) noexcept;
+
+/// Waits until no executor is inside with_published(): after it returns, an attempt replaced
+/// before the call can no longer be reached and may be freed. Normal context (it yields).
+void wait_for_executors() noexcept;
+
+namespace detail {
+extern std::atomic<Transaction*> g_published;
+extern std::atomic<std::uint32_t> g_executors_inside;
+}  // namespace detail
+
+template <typename Fn>
+auto with_published(Fn&& fn) noexcept {
+  struct Inside {
+    // seq_cst, paired with the seq_cst store in publish() and load in wait_for_executors(): an
+    // executor either counted itself in before the primary's check, or loads the newer pointer.
+    Inside() { detail::g_executors_inside.fetch_add(1, std::memory_order_seq_cst); }
+    ~Inside() { detail::g_executors_inside.fetch_sub(1, std::memory_order_release); }
+  } inside;
+  return fn(detail::g_published.load(std::memory_order_seq_cst));
+}
+
+}  // namespace repatch::engine
+
+#endif  // REPATCH_ENGINE_TRANSACTION_H_

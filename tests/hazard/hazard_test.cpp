@@ -1,0 +1,477 @@
+// The hazards of a live switch (DESIGN H1-H5, H7, H8, H11), each made to happen for real at an
+// exact step of the protocol through an injection point (base/test_hooks.h).
+//
+// Every test here is also run by ctest with its handler switched off (REPATCH_TEST_DISABLE, see
+// tests/CMakeLists.txt), and that run must fail: by a broken expectation, a crash, or the
+// watchdog below when the process hangs.
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "arch/x86/proc_maps.h"
+#include "base/test_hooks.h"
+#include "repatch/engine.h"
+#include "repatch/in_op.h"
+#include "sync/stop_machine.h"
+#include "sync/vcpu.h"
+#include "tests/hazard/hazard_guest.h"
+#include "tests/support/wx_filter.h"
+
+namespace repatch {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// A hang is a failure too: SIGALRM's default action ends the process.
+class Watchdog {
+ public:
+  explicit Watchdog(unsigned seconds) { alarm(seconds); }
+  ~Watchdog() { alarm(0); }
+};
+
+void spin_for(std::chrono::nanoseconds duration) {
+  const auto until = Clock::now() + duration;
+  while (Clock::now() < until)
+    __builtin_ia32_pause();
+}
+
+template <typename Predicate>
+bool spin_until(Predicate done, std::chrono::nanoseconds limit) {
+  const auto until = Clock::now() + limit;
+  while (!done()) {
+    if (Clock::now() >= until) return false;
+    __builtin_ia32_pause();
+  }
+  return true;
+}
+
+// Each test is a process of its own (ctest runs them one by one): boot, then make the main thread
+// a vCPU, so that it can be sent NMIs while it is the switch primary.
+class Hazard : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (Engine::get() != nullptr) GTEST_SKIP() << "run each hazard test in a process of its own";
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    if (name == "NoRwxEver") {
+      ASSERT_EQ(testing::refuse_writable_and_executable_requests(), "");
+    }
+    Result<Engine*> engine =
+        boot({.initial = {{"hz_pair", "a"}, {"hz_wide", "b"}, {"hz_alt", "a"}}});
+    ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+    engine_ = engine.value();
+    Result<std::unique_ptr<sync::Vcpu>> self = sync::Vcpu::enter();
+    ASSERT_TRUE(self.ok()) << self.error().to_string();
+    self_ = std::move(self).value();
+  }
+
+  void TearDown() override {
+    test::set_injection(nullptr, nullptr);
+    sync::set_nmi_handler(nullptr);
+    stop_.store(true);
+    for (std::thread& t : threads_)
+      t.join();
+  }
+
+  // Starts a thread that registers as a vCPU and runs `body` until the test ends.
+  template <typename Body>
+  void start_vcpu(Body body) {
+    threads_.emplace_back([this, body] {
+      Result<std::unique_ptr<sync::Vcpu>> vcpu = sync::Vcpu::enter();
+      if (!vcpu.ok()) {
+        failures_.fetch_add(1);
+        return;
+      }
+      started_.fetch_add(1);
+      body(*vcpu.value());
+    });
+  }
+
+  void wait_started(int n) {
+    ASSERT_TRUE(spin_until([&] { return started_.load() >= n; }, 10s));
+  }
+
+  SwitchOutcome flip(const char* group, const char* variant, SwitchOptions options = {}) {
+    SwitchOutcome outcome = engine_->switch_groups({{group, variant}}, options);
+    EXPECT_TRUE(outcome.committed())
+        << group << " to " << variant << ": "
+        << (outcome.committed() ? "" : outcome.status.error().to_string());
+    return outcome;
+  }
+
+  Engine* engine_ = nullptr;
+  std::unique_ptr<sync::Vcpu> self_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> started_{0};
+  std::atomic<int> failures_{0};
+  std::vector<std::thread> threads_;
+};
+
+// ---- H1: no vCPU ever runs a mix of variants of one group --------------------------------------
+
+std::atomic<std::uint64_t> g_pairs{0};
+std::atomic<std::uint64_t> g_mixed{0};
+
+// Runs the two ops of hz_pair as one unit (the way lock and unlock go together) and counts the
+// times they disagreed.
+void run_pair(std::chrono::nanoseconds between) {
+  const OpInFlight in_op(repatch_group_hz_pair);
+  const std::uint32_t a = hazard::first();
+  spin_for(between);
+  const std::uint32_t b = hazard::second();
+  g_pairs.fetch_add(1, std::memory_order_relaxed);
+  if (a != b) g_mixed.fetch_add(1, std::memory_order_relaxed);
+}
+
+// The primary holds the fence until the vCPUs have run a few pairs, or 5 ms have passed (when
+// they are stopped, as they should be), so that under a writer that does not stop them, pairs
+// that began before the fence end after it however loaded the machine is.
+void hold_at_fence(test::Point point, std::uint32_t, void*) noexcept {
+  if (point != test::Point::kFenced) return;
+  const std::uint64_t before = g_pairs.load();
+  spin_until([&] { return g_pairs.load() >= before + 4; }, 5ms);
+}
+
+TEST_F(Hazard, HalfSwitchNeverObserved) {
+  const Watchdog watchdog(60);
+  for (int i = 0; i < 2; ++i) {
+    start_vcpu([this](sync::Vcpu& vcpu) {
+      while (!stop_.load(std::memory_order_relaxed)) {
+        run_pair(5us);
+        spin_for(10us);
+        vcpu.quiescent_state();
+      }
+    });
+  }
+  wait_started(2);
+  test::set_injection(&hold_at_fence, nullptr);
+  std::uint32_t attempts = 0;
+  for (int i = 0; i < 100; ++i) {
+    const SwitchOutcome outcome = flip("hz_pair", i % 2 == 0 ? "b" : "a");
+    attempts += outcome.attempts;
+    // After every commit the group is wholly in one variant.
+    ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+    ASSERT_EQ(engine_->current_variant("hz_pair").value(), i % 2 == 0 ? "b" : "a");
+  }
+  EXPECT_GT(g_pairs.load(), 100u);
+  EXPECT_EQ(g_mixed.load(), 0u) << "a vCPU ran one op of hz_pair in one variant and the other in "
+                                   "the other, in "
+                                << g_mixed.load() << " of " << g_pairs.load() << " pairs";
+  RecordProperty("attempts", static_cast<int>(attempts));
+}
+
+// ---- H7: an op in flight makes the attempt retry; it never runs on under a switch --------------
+
+TEST_F(Hazard, OpInFlight_RetriesThenSucceeds) {
+  const Watchdog watchdog(30);
+  std::atomic<bool> inside{false};
+  std::atomic<std::uint32_t> seen_first{0}, seen_second{0};
+  start_vcpu([&](sync::Vcpu& vcpu) {
+    {
+      const OpInFlight in_op(repatch_group_hz_pair);
+      seen_first.store(hazard::first());
+      inside.store(true);
+      spin_for(30ms);  // the op's slow path, with IPIs enabled: the stop does reach this vCPU
+      seen_second.store(hazard::second());
+    }
+    while (!stop_.load())
+      vcpu.quiescent_state();
+  });
+  ASSERT_TRUE(spin_until([&] { return inside.load(); }, 10s));
+  const SwitchOutcome outcome = flip("hz_pair", "b", {.deadline = 2s, .first_backoff = 1ms});
+  EXPECT_GE(outcome.attempts, 2u) << "the first attempt should have found the op in flight";
+  EXPECT_GE(outcome.aborts[static_cast<int>(SwitchAbort::kBusy)], 1u);
+  ASSERT_TRUE(spin_until([&] { return seen_second.load() != 0; }, 10s));
+  EXPECT_EQ(seen_first.load(), seen_second.load())
+      << "the op in flight began in one variant and went on in the other";
+  EXPECT_EQ(hazard::first(), 2u);
+}
+
+// ---- H3: a vCPU that never acknowledges: abort in time, nothing written -----------------------
+
+TEST_F(Hazard, VcpuNeverAcks_AbortsCleanly) {
+  const Watchdog watchdog(20);
+  start_vcpu([this](sync::Vcpu&) {
+    const sync::IrqOffGuard irqs_off;  // its IPIs stay pending for as long as the test runs
+    while (!stop_.load())
+      spin_for(1ms);
+  });
+  wait_started(1);
+  const std::vector<std::uint8_t> before = engine_->status().sites.front().bytes;
+  const auto start = Clock::now();
+  const SwitchOutcome outcome = engine_->switch_groups(
+      {{"hz_pair", "b"}}, {.ack_deadline = 20ms, .deadline = 200ms, .first_backoff = 10ms});
+  const auto took = Clock::now() - start;
+  ASSERT_FALSE(outcome.committed());
+  EXPECT_EQ(outcome.reason, SwitchAbort::kAckTimeout);
+  EXPECT_GE(outcome.attempts, 2u);
+  EXPECT_EQ(outcome.aborts[static_cast<int>(SwitchAbort::kAckTimeout)], outcome.attempts);
+  EXPECT_NE(outcome.status.error().message().find("did not acknowledge"), std::string::npos)
+      << outcome.status.error().message();
+  EXPECT_LT(took, 2s);
+  EXPECT_EQ(engine_->current_variant("hz_pair").value(), "a");
+  EXPECT_TRUE(engine_->verify_sites().ok());
+  EXPECT_EQ(engine_->status().sites.front().bytes, before);
+  EXPECT_EQ(hazard::first(), 1u);
+  EXPECT_EQ(hazard::second(), 1u);
+}
+
+// ---- H4: an NMI on the primary in the middle of its writes finishes them -----------------------
+
+std::atomic<std::uint32_t> g_nmi_first{0}, g_nmi_second{0};
+std::atomic<std::uint64_t> g_nmi_wide{0};
+std::atomic<int> g_nmi_runs{0};
+
+void nmi_runs_pair(sync::VcpuId, void*) {
+  const OpInFlight in_op(repatch_group_hz_pair);
+  g_nmi_first.store(hazard::first(), std::memory_order_relaxed);
+  g_nmi_second.store(hazard::second(), std::memory_order_relaxed);
+  g_nmi_runs.fetch_add(1, std::memory_order_release);
+}
+
+struct NmiAt {
+  test::Point point;
+  std::uint32_t sites_done;
+  sync::VcpuId target;
+  std::atomic<bool> sent{false};  // once per test step: only the first attempt gets the NMI
+};
+
+void send_nmi_at(test::Point point, std::uint32_t sites_done, void* arg) noexcept {
+  auto* at = static_cast<NmiAt*>(arg);
+  if (point == at->point && sites_done == at->sites_done && !at->sent.exchange(true)) {
+    sync::send_nmi(at->target);
+  }
+}
+
+TEST_F(Hazard, NmiOnPrimaryMidWrite_Completes) {
+  const Watchdog watchdog(20);
+  sync::set_nmi_handler(&nmi_runs_pair);
+  start_vcpu([this](sync::Vcpu& vcpu) {
+    while (!stop_.load())
+      vcpu.quiescent_state();
+  });
+  wait_started(1);
+
+  // Between the tails of the two sites: the direction is forward, so the NMI finishes the writes
+  // and runs the new variant; the primary's own remaining writes then find them done.
+  NmiAt mid_tails{test::Point::kTailWrite, 1, self_->id()};
+  test::set_injection(&send_nmi_at, &mid_tails);
+  SwitchOutcome outcome = flip("hz_pair", "b");
+  EXPECT_TRUE(mid_tails.sent.load());
+  EXPECT_EQ(g_nmi_runs.load(), 1);
+  EXPECT_EQ(outcome.nmi_completions, 1u);
+  EXPECT_EQ(g_nmi_first.load(), 2u);
+  EXPECT_EQ(g_nmi_second.load(), 2u);
+  EXPECT_EQ(outcome.attempts, 1u);
+  EXPECT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+
+  // After the first INT3 and before the second: nothing is decided yet and the NMI is inside an
+  // op of the group, so it takes the fence back and runs the old variant whole; the attempt
+  // aborts and the next one commits.
+  NmiAt mid_fence{test::Point::kFenceWrite, 1, self_->id()};
+  test::set_injection(&send_nmi_at, &mid_fence);
+  outcome = flip("hz_pair", "a");
+  EXPECT_TRUE(mid_fence.sent.load());
+  EXPECT_EQ(g_nmi_runs.load(), 2);
+  EXPECT_EQ(g_nmi_first.load(), 2u);
+  EXPECT_EQ(g_nmi_second.load(), 2u);
+  EXPECT_EQ(outcome.attempts, 2u);
+  EXPECT_EQ(outcome.aborts[static_cast<int>(SwitchAbort::kFenceUndone)], 1u);
+  EXPECT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+  EXPECT_EQ(hazard::first(), 1u);
+  EXPECT_EQ(hazard::second(), 1u);
+}
+
+// ---- H4: many NMIs on many vCPUs at once ------------------------------------------------------
+
+std::atomic<std::uint64_t> g_nmi_bad{0};
+
+void nmi_runs_ops(sync::VcpuId, void*) {
+  const std::uint32_t a = hazard::first();
+  const std::uint32_t b = hazard::alt();
+  if ((a != 1 && a != 2) || (b != 1 && b != 2)) g_nmi_bad.fetch_add(1, std::memory_order_relaxed);
+  g_nmi_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
+// At the fence, every vCPU (the primary included) gets an NMI whose handler runs fenced sites.
+void nmi_everyone_at_fence(test::Point point, std::uint32_t, void*) noexcept {
+  if (point != test::Point::kFenced) return;
+  for (sync::VcpuId id = 0; id < sync::slot_limit(); ++id) {
+    if (sync::slot(id).tid.load() != 0) sync::send_nmi(id);
+  }
+}
+
+TEST_F(Hazard, NmiStormDuringSwitch) {
+  const Watchdog watchdog(60);
+  sync::set_nmi_handler(&nmi_runs_ops);
+  for (int i = 0; i < 3; ++i) {
+    start_vcpu([this](sync::Vcpu& vcpu) {
+      while (!stop_.load(std::memory_order_relaxed)) {
+        run_pair(0ns);
+        vcpu.quiescent_state();
+        sched_yield();
+      }
+    });
+  }
+  wait_started(3);
+  // And NMIs at random moments besides, from a thread that is not a vCPU.
+  threads_.emplace_back([this] {
+    while (!stop_.load(std::memory_order_relaxed)) {
+      for (sync::VcpuId id = 0; id < sync::slot_limit(); ++id) {
+        if (sync::slot(id).tid.load() != 0) sync::send_nmi(id);
+      }
+      std::this_thread::sleep_for(50us);
+    }
+  });
+  test::set_injection(&nmi_everyone_at_fence, nullptr);
+  std::uint64_t nmi_completions = 0;
+  for (int i = 0; i < 60; ++i) {
+    // Both groups in turn, each to its other variant.
+    const SwitchOutcome outcome = flip(i % 2 == 0 ? "hz_pair" : "hz_alt", i % 4 < 2 ? "b" : "a",
+                                       {.writer = SwitchWriter::kStopMachine});
+    nmi_completions += outcome.nmi_completions;
+    ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+  }
+  EXPECT_GT(g_nmi_runs.load(), 60u);
+  EXPECT_GE(nmi_completions, 60u) << "each switch's fence NMIs should have finished it";
+  EXPECT_EQ(g_nmi_bad.load(), 0u);
+  EXPECT_EQ(g_mixed.load(), 0u);
+}
+
+// ---- H5: a thread the stop does not hold hits the INT3 and completes forward ------------------
+
+std::atomic<std::uint64_t> g_unstopped_reads{0};
+std::atomic<std::uint64_t> g_unstopped_bad{0};
+
+// Waits at the fence until the thread outside the stop has read through a fenced site.
+void wait_for_unstopped_reader(test::Point point, std::uint32_t, void*) noexcept {
+  if (point != test::Point::kFenced) return;
+  const std::uint64_t before = g_unstopped_reads.load();
+  spin_until([&] { return g_unstopped_reads.load() >= before + 2; }, 50ms);
+}
+
+TEST_F(Hazard, Int3OnUnstoppedCpu_CompletesForward) {
+  const Watchdog watchdog(60);
+  // Not a vCPU: stop-machine does not know it, so it runs on through every switch.
+  threads_.emplace_back([this] {
+    while (!stop_.load(std::memory_order_relaxed)) {
+      const std::uint32_t value = hazard::first();
+      if (value != 1 && value != 2) g_unstopped_bad.fetch_add(1);
+      g_unstopped_reads.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  ASSERT_TRUE(spin_until([] { return g_unstopped_reads.load() > 0; }, 10s));
+  test::set_injection(&wait_for_unstopped_reader, nullptr);
+  std::uint64_t int3_completions = 0;
+  for (int i = 0; i < 50; ++i) {
+    int3_completions += flip("hz_pair", i % 2 == 0 ? "b" : "a").int3_completions;
+    ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+  }
+  EXPECT_GE(int3_completions, 25u) << "the unstopped thread should have finished most switches";
+  EXPECT_EQ(g_unstopped_bad.load(), 0u);
+}
+
+// ---- H2: a trapped executor resumes at the site's first byte, never inside it -----------------
+
+std::atomic<std::uint64_t> g_nmi_wide_value{0};
+
+void nmi_runs_wide(sync::VcpuId, void*) {
+  g_nmi_wide_value.store(hazard::wide(), std::memory_order_relaxed);
+}
+
+TEST_F(Hazard, NeverResumesMidSite) {
+  const Watchdog watchdog(20);
+  sync::set_nmi_handler(&nmi_runs_wide);
+  ASSERT_EQ(hazard::wide(), 2u);
+  // hz_wide "a" is a 10-byte movabs with no padding: one byte into it is another instruction.
+  NmiAt fenced{test::Point::kFenceWrite, 1, self_->id()};
+  test::set_injection(&send_nmi_at, &fenced);
+  const SwitchOutcome outcome = flip("hz_wide", "a");
+  EXPECT_TRUE(fenced.sent.load());
+  EXPECT_EQ(outcome.nmi_completions, 1u);
+  EXPECT_EQ(g_nmi_wide_value.load(), hazard::kWideA);
+  EXPECT_EQ(hazard::wide(), hazard::kWideA);
+  test::set_injection(nullptr, nullptr);
+  flip("hz_wide", "b");
+  EXPECT_EQ(hazard::wide(), 2u);
+}
+
+// ---- H8: a vCPU that comes online during a switch waits for it --------------------------------
+
+TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
+  const Watchdog watchdog(20);
+  struct Late {
+    std::atomic<bool> offline{false};
+    std::atomic<bool> go{false};
+    std::atomic<bool> online{false};
+    std::atomic<sync::StopState> state_when_online{sync::StopState::kIdle};
+    std::atomic<std::uint32_t> first{0};
+  } late;
+  start_vcpu([&](sync::Vcpu& vcpu) {
+    vcpu.go_offline();
+    late.offline.store(true);
+    while (!late.go.load())
+      std::this_thread::sleep_for(100us);
+    vcpu.go_online();
+    late.state_when_online.store(sync::stop_state());
+    late.first.store(hazard::first());
+    late.online.store(true);
+    while (!stop_.load())
+      vcpu.quiescent_state();
+  });
+  ASSERT_TRUE(spin_until([&] { return late.offline.load(); }, 10s));
+  struct Hook {
+    static void at(test::Point point, std::uint32_t, void* arg) noexcept {
+      auto* l = static_cast<Late*>(arg);
+      if (point != test::Point::kFenced || l->go.exchange(true)) return;
+      // Give it every chance to come online while the group is half written.
+      spin_until([&] { return l->online.load(); }, 30ms);
+    }
+  };
+  test::set_injection(&Hook::at, &late);
+  flip("hz_pair", "b");
+  ASSERT_TRUE(spin_until([&] { return late.online.load(); }, 10s));
+  EXPECT_EQ(late.state_when_online.load(), sync::StopState::kIdle)
+      << "the vCPU came online and ran guest code during the stop ("
+      << sync::stop_state_name(late.state_when_online.load()) << ")";
+  EXPECT_EQ(late.first.load(), 2u);
+}
+
+// ---- H11: no mapping is ever writable and executable while switching --------------------------
+
+// The fixture installs the seccomp filter of tests/support/wx_filter.h before it boots.
+TEST_F(Hazard, NoRwxEver) {
+  const Watchdog watchdog(60);
+  start_vcpu([this](sync::Vcpu& vcpu) {
+    while (!stop_.load(std::memory_order_relaxed)) {
+      hazard::first();
+      hazard::alt();
+      vcpu.quiescent_state();
+    }
+  });
+  wait_started(1);
+  for (int i = 0; i < 20; ++i) {
+    const char* to = i % 2 == 0 ? "b" : "a";
+    EXPECT_EQ(flip("hz_pair", to).writer, SwitchWriter::kStopMachine);
+    EXPECT_EQ(flip("hz_alt", to).writer, SwitchWriter::kBatch);
+    ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+  }
+  EXPECT_EQ(testing::g_wx_attempts.load(), 0)
+      << "a switch asked for a writable and executable mapping: system call "
+      << testing::g_first_wx_syscall.load() << ", prot 0x" << std::hex
+      << testing::g_first_wx_prot.load();
+  Result<std::vector<x86::MapEntry>> maps = x86::read_proc_maps();
+  ASSERT_TRUE(maps.ok());
+  for (const x86::MapEntry& m : maps.value())
+    EXPECT_FALSE(m.w && m.x) << x86::describe_mapping(m);
+}
+
+}  // namespace
+}  // namespace repatch
