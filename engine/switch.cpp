@@ -16,9 +16,11 @@
 //
 // The batch writer (interchangeable groups) runs the same writes without a stop, with
 // membarrier(SYNC_CORE) in place of the parked vCPUs' serialisation.
+#include <pthread.h>
 #include <ucontext.h>
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -222,6 +224,21 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
   return requested;
 }
 
+// A fork while a switch writes would give the child half-written sites (the memfd poker copies the
+// text as it finds it). So fork waits for the switch: its prepare handler takes the switch mutex,
+// and both sides release it after. A vCPU blocked here still takes IPIs, so a stop in progress is
+// not held up by it.
+std::mutex* g_fork_blocks_on = nullptr;
+
+void keep_forks_out_of_switches(std::mutex& switch_mutex) {
+  static std::once_flag once;
+  std::call_once(once, [&switch_mutex] {
+    g_fork_blocks_on = &switch_mutex;
+    pthread_atfork([] { g_fork_blocks_on->lock(); }, [] { g_fork_blocks_on->unlock(); },
+                   [] { g_fork_blocks_on->unlock(); });
+  });
+}
+
 }  // namespace
 
 const char* switch_writer_name(SwitchWriter writer) {
@@ -265,6 +282,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     return outcome;
   };
   Impl& impl = *impl_;
+  keep_forks_out_of_switches(impl.switch_mutex);
   std::lock_guard<std::mutex> one_switch_at_a_time(impl.switch_mutex);
 
   Result<Plan> planned = plan_switch(impl, choices);

@@ -22,9 +22,10 @@
 // The child handler uses system calls only, and the registry it walks is a fixed array: nothing
 // allocates in the child of a multi-threaded parent (another thread may have held the malloc
 // lock at fork time).
-// The child copies whatever the text holds when its handler runs; parent threads keep running
-// and may be writing. A fork during a patch transaction can therefore give the child a torn site:
-// the engine must keep forks out of transactions (its own prepare handler can wait for them).
+// The parent copies the text into the spare in its prepare handler, so the child starts from the
+// text as it was when fork() began, whatever the parent's threads write after. A write that is
+// half done at that moment is copied half done: the engine keeps forks out of its switches with a
+// prepare handler of its own, registered later and so run before this one.
 //
 // Destruction unmaps the alias only. The text stays on the memfd, r-x, because other threads may
 // be executing it and mapping the file back would drop every patch written so far. Profilers
@@ -168,17 +169,14 @@ char* append_text(char* out, const char* text) {
   ::_exit(127);
 }
 
-// Child side of fork, one region: the spare memfd gets the current bytes and is mapped r-x over
-// the text and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically,
+// Child side of fork, one region: the spare memfd, which the parent filled with the text as it was
+// when fork() began, is mapped r-x over the text and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically,
 // so the text is never absent and the alias address is never free for something else to take.
 void reprivatise_in_child(Region& r) {
   if (r.spare_fd < 0) {
     die_in_child(r, r.spare_failed_call, r.spare_errno);
   }
   const std::size_t len = r.end - r.begin;
-  if (int err = copy_text_into(r.spare_fd, r.begin, len); err != 0) {
-    die_in_child(r, "pwrite(spare memfd)", err);
-  }
   if (::mmap(as_ptr(r.begin), len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, r.spare_fd, 0) ==
       MAP_FAILED) {
     die_in_child(r, "mmap(text, r-x, MAP_SHARED|MAP_FIXED)", errno);
@@ -203,8 +201,10 @@ void close_spares() {
   }
 }
 
-// Costs a memfd_create and an ftruncate per live region on every fork(), even one followed by
-// exec: the price of never needing a descriptor in the child.
+// Costs a memfd_create, an ftruncate and a copy of the text per live region on every fork(), even
+// one followed by exec: the price of never needing a descriptor in the child, and of a child that
+// starts from the text as it was at fork() rather than as the parent's threads have changed it
+// since (the copy is made here, before fork, not in the child).
 void atfork_prepare() {
   const int saved_errno = errno;  // fork()'s caller must not see our errors
   pthread_mutex_lock(&g_registry_mutex);
@@ -221,6 +221,11 @@ void atfork_prepare() {
     } else if (::ftruncate(r.spare_fd, static_cast<off_t>(r.end - r.begin)) != 0) {
       r.spare_failed_call = "ftruncate(spare memfd) (in the parent, before fork)";
       r.spare_errno = errno;
+      ::close(r.spare_fd);
+      r.spare_fd = -1;
+    } else if (const int err = copy_text_into(r.spare_fd, r.begin, r.end - r.begin); err != 0) {
+      r.spare_failed_call = "pwrite(spare memfd) (in the parent, before fork)";
+      r.spare_errno = err;
       ::close(r.spare_fd);
       r.spare_fd = -1;
     }

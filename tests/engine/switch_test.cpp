@@ -1,6 +1,8 @@
 // Engine::switch_groups() on the demo guest: what it commits, what it refuses, and what it reports.
 // The hazards of a switch under fire are in tests/hazard/.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <memory>
@@ -175,6 +177,35 @@ TEST(Switch, RefusesASiteSomebodyElseWrote) {
       ErrorCode::kForeignWrite, "something else wrote there");
   ASSERT_TRUE(impl->poker->write(site.address, {site.bytes.data(), 1}).ok());
   EXPECT_TRUE(engine->verify_sites().ok());
+}
+
+// A child forked while a switch writes would get half-written sites: fork waits for the switch.
+TEST(Switch, ForkNeverCopiesAHalfWrittenGroup) {
+  Engine* engine = boot_demo();
+  ASSERT_NE(engine, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<int> forks{0};
+  std::atomic<int> torn{0};
+  std::thread forker([&] {  // not a vCPU: the stop does not hold it
+    while (!stop.load()) {
+      const pid_t child = fork();
+      if (child == 0) {
+        const Status s = engine->verify_sites();
+        if (!s.ok()) fprintf(stderr, "%s\n", s.error().to_string().c_str());
+        _exit(s.ok() ? 0 : 1);
+      }
+      int status = 0;
+      waitpid(child, &status, 0);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) torn.fetch_add(1);
+      forks.fetch_add(1);
+    }
+  });
+  for (int i = 0; i < 200 || forks.load() < 20; ++i) {
+    ASSERT_TRUE(engine->switch_groups({{"demo_lock", i % 2 == 0 ? "pv" : "native"}}).committed());
+  }
+  stop.store(true);
+  forker.join();
+  EXPECT_EQ(torn.load(), 0) << "of " << forks.load() << " children";
 }
 
 TEST(Switch, ProcSelfMemWriterCannotSwitchLive) {
