@@ -103,13 +103,19 @@ Status install_int3_handler(const SiteTable& table) {
   g_table.store(&table, std::memory_order_release);
   static bool installed = false;
   if (installed) return {};
+  // The IPI is blocked while the handler runs, so a vCPU never parks while it holds an attempt
+  // (publish_and_drain waits for every executor, inside the stop). Its number must be known now.
+  if (Status s = sync::choose_interrupt_signals(); !s.ok()) return s;
   struct sigaction action {};
   action.sa_sigaction = &on_sigtrap;
   // SA_NODEFER: SIGTRAP stays deliverable inside the handler (an int3 with SIGTRAP blocked kills
   // the process). SA_ONSTACK: on a vCPU, nested on top of its IPI and NMI frames.
   action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
   sigemptyset(&action.sa_mask);
-  if (sigaction(SIGTRAP, &action, &g_previous) != 0) {
+  sigaddset(&action.sa_mask, sync::ipi_signal());
+  // The previous disposition is read first: a foreign SIGTRAP that arrives the moment ours is in
+  // place must find where to go.
+  if (sigaction(SIGTRAP, nullptr, &g_previous) != 0 || sigaction(SIGTRAP, &action, nullptr) != 0) {
     const int err = errno;
     return Error(ErrorCode::kSystem, std::string("sigaction(SIGTRAP) failed: ") +
                                          std::strerror(err) +

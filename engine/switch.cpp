@@ -58,16 +58,22 @@ class SwitchWork final : public sync::StopWork {
             static_cast<std::uintptr_t>(context->uc_mcontext.gregs[REG_RIP]))) {
       return kReasonMidSite;
     }
-    if (transaction_.vcpu_in_op() == self) return kReasonInOp;
+    if (transaction_.in_op(self)) return kReasonInOp;
     return 0;
   }
 
+  // The parked vCPUs serialise after the fence through sync_all(), whose acknowledgements also
+  // prove that no NMI that began before the fence is still running on them. membarrier after
+  // each step serialises everyone else (threads the stop does not hold, NMIs on offline vCPUs),
+  // as the kernel's text_poke_bp syncs every CPU.
   int run(sync::StopContext& context) noexcept override {
     if (!transaction_.sites_hold_old()) return kReasonForeign;
-    engine::publish(&transaction_);
+    engine::publish_and_drain(&transaction_);
+    published_ = true;
     test::inject(test::Point::kStopped, 0);
     transaction_.fence(/*primary=*/true);
     const bool synced = context.sync_all();
+    sync::sync_cores();
     test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction_.size()));
     in_op_after_fence_ = test::disabled(test::Handler::kQuiescenceCheck)
                              ? sync::kMaxVcpus
@@ -76,27 +82,32 @@ class SwitchWork final : public sync::StopWork {
     if (transaction_.decide(forward ? engine::Direction::kForward : engine::Direction::kBackward) ==
         engine::Direction::kForward) {
       transaction_.write_tails(/*primary=*/true);
-      context.sync_all();
+      sync::sync_cores();
       transaction_.write_heads(/*primary=*/true);
-      context.sync_all();
+      sync::sync_cores();
       test::inject(test::Point::kWritten, static_cast<std::uint32_t>(transaction_.size()));
       return 0;
     }
     transaction_.unfence();
-    context.sync_all();
+    sync::sync_cores();
     return synced ? kReasonInOpAfterFence : kReasonSyncTimeout;
   }
 
+  /// Whether run() published the attempt (it then stays reachable until the next one is).
+  bool published() const { return published_; }
+  /// The vCPU the primary found inside an op after the fence; kMaxVcpus when it found none (and
+  /// an executor took the fence back instead).
   sync::VcpuId in_op_after_fence() const { return in_op_after_fence_; }
 
  private:
   engine::Transaction& transaction_;
+  bool published_ = false;
   sync::VcpuId in_op_after_fence_ = sync::kMaxVcpus;
 };
 
 // The batch writer: nobody stops. Returns the time from the first write to the last sync.
 std::chrono::nanoseconds write_batch(engine::Transaction& transaction) {
-  engine::publish(&transaction);
+  engine::publish_and_drain(&transaction);
   const auto start = Clock::now();
   test::inject(test::Point::kStopped, 0);
   transaction.fence(/*primary=*/true);
@@ -239,6 +250,21 @@ void keep_forks_out_of_switches(std::mutex& switch_mutex) {
   });
 }
 
+// Every site holds its new image: the table, the op slots and the group variants say so.
+void commit(Engine::Impl& impl, const Plan& plan) {
+  for (const engine::SitePlan& site : plan.sites) {
+    site.entry->held.store(site.held_after, std::memory_order_relaxed);
+  }
+  // The op slots follow their group, as after boot (no site of a switched group calls through
+  // them any more, so nobody reads the ones that change).
+  for (const engine::CatalogOp& op : impl.catalog.ops()) {
+    const engine::VariantIndex v = plan.target[op.group];
+    if (v == impl.group_variant[op.group]) continue;
+    *op.desc->slot = reinterpret_cast<void*>(op.variants[v]->callable);
+  }
+  impl.group_variant = plan.target;
+}
+
 }  // namespace
 
 const char* switch_writer_name(SwitchWriter writer) {
@@ -293,8 +319,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   outcome.writer = writer.value();
   if (plan.sites.empty()) {
     // Every group is in its variant already (or has no sites): nothing to write, nothing to stop.
-    for (std::size_t g = 0; g < plan.target.size(); ++g)
-      impl.group_variant[g] = plan.target[g];
+    commit(impl, plan);
     outcome.elapsed = Clock::now() - start;
     return outcome;
   }
@@ -305,9 +330,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
                             std::string(x86::poker_kind_name(impl.writer))));
   }
   if (Status s = engine::install_int3_handler(impl.table); !s.ok()) return refuse(s.error());
-  if (Status s = sync::register_sync_cores(); !s.ok() && outcome.writer == SwitchWriter::kBatch) {
-    return refuse(s.error());
-  }
+  if (Status s = sync::register_sync_cores(); !s.ok()) return refuse(s.error());
   outcome.sites = plan.sites.size();
   // With the "stop" handler off (tests only), a stop-machine switch writes as the batch writer
   // does, without parking anyone: the half-switch hazard test must then see a mixed group.
@@ -321,11 +344,13 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     auto attempt =
         std::make_unique<engine::Transaction>(plan.sites, plan.tracked_groups, *impl.poker, !stop);
     SwitchAbort reason = SwitchAbort::kNone;
+    bool published = true;
     if (stop) {
       SwitchWork work(*attempt);
       const sync::StopResult result =
           sync::stop_machine(work, {.ack_deadline = options.ack_deadline});
       outcome.blackout = result.blackout;
+      published = work.published();
       switch (result.outcome) {
         case sync::StopOutcome::kDone:
           if (result.work_result == kReasonForeign) {
@@ -344,9 +369,12 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
             last_reason = result.work_result == kReasonSyncTimeout
                               ? "a vCPU did not serialise after the INT3 fence within the ack "
                                 "deadline; the fence was taken back"
-                              : vcpu_name(work.in_op_after_fence()) +
+                          : work.in_op_after_fence() != sync::kMaxVcpus
+                              ? vcpu_name(work.in_op_after_fence()) +
                                     " was inside an op of a switched group after the INT3 fence "
-                                    "(an NMI handler); the fence was taken back";
+                                    "(an NMI handler); the fence was taken back"
+                              : "an NMI or #BP handler inside an op of a switched group reached "
+                                "the INT3 fence and took it back";
           }
           break;
         case sync::StopOutcome::kAckTimeout:
@@ -364,21 +392,21 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
               "; nothing was written";
           break;
         case sync::StopOutcome::kNotAllowed:
-          engine::wait_for_executors();
-          impl.published = std::move(attempt);
           return refuse(Error(ErrorCode::kState,
-                              "switch_groups() was called during a stop (from stop work or a "
-                              "handler on the primary); switch from normal context"));
+                              "switch_groups() was called from the work of another "
+                              "stop_machine(); switch from normal context"));
       }
     } else {
       outcome.blackout = write_batch(*attempt);
     }
-    outcome.int3_completions += attempt->int3_completions();
-    outcome.nmi_completions += attempt->nmi_completions();
-    // The attempt stays published for executors that trapped on it; the previous one is freed
-    // once none of them can still be inside it.
-    engine::wait_for_executors();
-    impl.published = std::move(attempt);
+    if (published) {
+      // Counted once the executors still inside have left. The attempt stays published for
+      // threads that trapped on it; the one it replaced is unreachable since publish_and_drain.
+      engine::drain_executors();
+      outcome.int3_completions += attempt->int3_completions();
+      outcome.nmi_completions += attempt->nmi_completions();
+      impl.published = std::move(attempt);
+    }
     if (reason == SwitchAbort::kNone) break;
 
     ++outcome.aborts[static_cast<std::size_t>(reason)];
@@ -396,19 +424,8 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     backoff = std::min(backoff * 2, options.first_backoff * 16);
   }
 
-  // Commit: every site holds its new image.
   outcome.reason = SwitchAbort::kNone;
-  for (const engine::SitePlan& site : plan.sites) {
-    site.entry->held.store(site.held_after, std::memory_order_relaxed);
-  }
-  // The op slots follow their group, as after boot (no site of a switched group calls through
-  // them any more, so nobody reads the ones that change).
-  for (const engine::CatalogOp& op : impl.catalog.ops()) {
-    const engine::VariantIndex v = plan.target[op.group];
-    if (v == impl.group_variant[op.group]) continue;
-    *op.desc->slot = reinterpret_cast<void*>(op.variants[v]->callable);
-  }
-  impl.group_variant = plan.target;
+  commit(impl, plan);
   outcome.elapsed = Clock::now() - start;
   return outcome;
 }

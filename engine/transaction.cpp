@@ -55,15 +55,20 @@ std::uint16_t Transaction::vcpu_in_op() const noexcept {
   if (tracked_groups_ == 0) return sync::kMaxVcpus;
   const sync::VcpuId limit = sync::slot_limit();
   for (sync::VcpuId id = 0; id < limit; ++id) {
-    sync::VcpuSlot& slot = sync::slot(id);
-    if (slot.tid.load(std::memory_order_relaxed) == 0) continue;
-    for (std::uint32_t bits = tracked_groups_; bits != 0; bits &= bits - 1) {
-      // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence
-      // was visible is seen here (pairs with the seq_cst increment in OpInFlight).
-      if (slot.in_op[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return id;
-    }
+    if (sync::slot(id).tid.load(std::memory_order_relaxed) == 0) continue;
+    if (in_op(id)) return id;
   }
   return sync::kMaxVcpus;
+}
+
+bool Transaction::in_op(std::uint16_t id) const noexcept {
+  const sync::VcpuSlot& slot = sync::slot(id);
+  // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence was
+  // visible is seen here (pairs with the seq_cst increment in OpInFlight).
+  for (std::uint32_t bits = tracked_groups_; bits != 0; bits &= bits - 1) {
+    if (slot.in_op[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return true;
+  }
+  return false;
 }
 
 void Transaction::fence(bool primary) noexcept {
@@ -133,12 +138,14 @@ void Transaction::complete(bool in_nmi) noexcept {
   (in_nmi ? nmi_completions_ : int3_completions_).fetch_add(1, std::memory_order_relaxed);
 }
 
-void publish(Transaction* transaction) noexcept {
-  // seq_cst: pairs with the executors' seq_cst load in with_published (see there).
+void publish_and_drain(Transaction* transaction) noexcept {
+  // seq_cst, both: pairs with with_published (see there).
   detail::g_published.store(transaction, std::memory_order_seq_cst);
+  // Executors counted in now may hold either attempt; wait them out. New ones load `transaction`.
+  drain_executors();
 }
 
-void wait_for_executors() noexcept {
+void drain_executors() noexcept {
   while (detail::g_executors_inside.load(std::memory_order_seq_cst) != 0)
     sched_yield();
 }

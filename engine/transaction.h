@@ -14,8 +14,11 @@
 // fence can never succeed on a site whose heads were written.
 //
 // Executors never wait for one another: an NMI may have interrupted any of them, the primary
-// included. Each counts itself in and out (executors_inside), and the primary waits in normal
-// context until none is left before it frees an attempt.
+// included. Each counts itself in and out while it holds an attempt (with_published). Attempts are
+// handed over by publish_and_drain(): once it returns, no executor holds the previous attempt, so
+// a late one (a thread that trapped on attempt n and was descheduled before its handler ran) can
+// only work on attempt n + 1, never write n's bytes over it. That is what makes the
+// compare-and-swaps safe across attempts, whose images often swap roles (n + 1 switching back).
 #ifndef REPATCH_ENGINE_TRANSACTION_H_
 #define REPATCH_ENGINE_TRANSACTION_H_
 
@@ -64,6 +67,8 @@ class Transaction {
   bool sites_hold_old() const noexcept;
   /// The first vCPU inside an op of a switched group, or sync::kMaxVcpus. Async-signal-safe.
   std::uint16_t vcpu_in_op() const noexcept;
+  /// Whether vCPU `id` is inside an op of a switched group. Async-signal-safe.
+  bool in_op(std::uint16_t id) const noexcept;
 
   // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
   void fence(bool primary) noexcept;
@@ -92,19 +97,21 @@ class Transaction {
   std::atomic<std::uint64_t> nmi_completions_{0};
 };
 
-/// The attempt executors find through the #BP handler. The primary publishes an attempt (seq_cst)
-/// before its first write and leaves it in place after it ends, so that a thread that trapped on
-/// the fence still finds it after it finished; the next attempt replaces it.
-void publish(Transaction* transaction) noexcept;
+/// Makes `transaction` the attempt executors find through the #BP handler, then waits until no
+/// executor still holds the one before (it stays reachable until this returns; free it after).
+/// An attempt stays published after it ends, so that a thread that trapped on its fence finds it
+/// even then. The wait is bounded: executors never wait for anyone, and a vCPU inside the #BP
+/// handler cannot be parked (the handler blocks the IPI). Never allocates; may run inside a stop.
+void publish_and_drain(Transaction* transaction) noexcept;
+
+/// Waits until no executor is inside with_published() (then the published attempt's counters are
+/// final until a thread traps on it again). Never allocates.
+void drain_executors() noexcept;
 
 /// Runs `fn(transaction)` for the published attempt (nullptr when none), counted as an executor
 /// for the call's duration. Async-signal-safe when `fn` is.
 template <typename Fn>
 auto with_published(Fn&& fn) noexcept;
-
-/// Waits until no executor is inside with_published(): after it returns, an attempt replaced
-/// before the call can no longer be reached and may be freed. Normal context (it yields).
-void wait_for_executors() noexcept;
 
 namespace detail {
 extern std::atomic<Transaction*> g_published;
@@ -114,8 +121,9 @@ extern std::atomic<std::uint32_t> g_executors_inside;
 template <typename Fn>
 auto with_published(Fn&& fn) noexcept {
   struct Inside {
-    // seq_cst, paired with the seq_cst store in publish() and load in wait_for_executors(): an
-    // executor either counted itself in before the primary's check, or loads the newer pointer.
+    // seq_cst, paired with publish_and_drain's seq_cst store of the pointer and load of the count:
+    // an executor either counted itself in before the primary's check (which then waits for it),
+    // or loads the newer pointer.
     Inside() { detail::g_executors_inside.fetch_add(1, std::memory_order_seq_cst); }
     ~Inside() { detail::g_executors_inside.fetch_sub(1, std::memory_order_release); }
   } inside;

@@ -158,6 +158,10 @@ int nmi_signal() {
   return g_nmi_signal.load(std::memory_order_acquire);
 }
 
+Status choose_interrupt_signals() {
+  return detail::install_interrupt_signals();
+}
+
 void set_ipi_handler(InterruptHandler handler) {
   g_ipi_handler.store(handler, std::memory_order_release);
 }

@@ -114,9 +114,15 @@ class IrqOffGuard {
   IrqOffGuard& operator=(const IrqOffGuard&) = delete;
 };
 
-/// The two signal numbers in use (valid after the first Vcpu::enter(); 0 before it).
+/// The two signal numbers in use (valid after the first Vcpu::enter() or
+/// choose_interrupt_signals(); 0 before).
 int ipi_signal();
 int nmi_signal();
+
+/// Chooses the IPI and NMI signals and installs their handlers now, as the first Vcpu::enter()
+/// would, for a layer that needs the numbers earlier (the #BP handler blocks the IPI). Normal
+/// context. Fails with kSystem or kUnsupported as Vcpu::enter() does.
+Status choose_interrupt_signals();
 
 /// What a vCPU's IPI and NMI handlers run. Set once, before vCPUs exist, by the layer above
 /// (stop-machine). Each is called in signal context with the receiving vCPU's id and the

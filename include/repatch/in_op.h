@@ -24,7 +24,8 @@ namespace repatch {
 
 class OpInFlight {
  public:
-  /// Marks the calling vCPU as inside an op of `group` until destruction. Nests. Does nothing on
+  /// Marks the calling vCPU as inside an op of `group` until destruction. Nests, up to 255 deep
+  /// per group and vCPU (the depth is one byte). Does nothing on
   /// a thread that is not a vCPU, before boot(), and for groups beyond the first 32 the catalog
   /// lists (the depth table is that wide). Async-signal-safe; NMI handlers may use it.
   explicit OpInFlight(const abi::GroupDesc& group) noexcept;

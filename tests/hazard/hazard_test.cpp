@@ -177,8 +177,10 @@ TEST_F(Hazard, OpInFlight_RetriesThenSucceeds) {
     {
       const OpInFlight in_op(repatch_group_hz_pair);
       seen_first.store(hazard::first());
+      const std::uint64_t ipis = sync::slot(vcpu.id()).ipis.load();
       inside.store(true);
-      spin_for(30ms);  // the op's slow path, with IPIs enabled: the stop does reach this vCPU
+      // The op's slow path, with IPIs enabled, until the first attempt's IPI has come and gone.
+      spin_until([&] { return sync::slot(vcpu.id()).ipis.load() > ipis; }, 10s);
       seen_second.store(hazard::second());
     }
     while (!stop_.load())
@@ -410,6 +412,7 @@ TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
   struct Late {
     std::atomic<bool> offline{false};
     std::atomic<bool> go{false};
+    std::atomic<bool> going_online{false};
     std::atomic<bool> online{false};
     std::atomic<sync::StopState> state_when_online{sync::StopState::kIdle};
     std::atomic<std::uint32_t> first{0};
@@ -419,6 +422,7 @@ TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
     late.offline.store(true);
     while (!late.go.load())
       std::this_thread::sleep_for(100us);
+    late.going_online.store(true);
     vcpu.go_online();
     late.state_when_online.store(sync::stop_state());
     late.first.store(hazard::first());
@@ -431,8 +435,10 @@ TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
     static void at(test::Point point, std::uint32_t, void* arg) noexcept {
       auto* l = static_cast<Late*>(arg);
       if (point != test::Point::kFenced || l->go.exchange(true)) return;
-      // Give it every chance to come online while the group is half written.
-      spin_until([&] { return l->online.load(); }, 30ms);
+      // Give it every chance to come online while the group is half written: wait until it is
+      // on its way (however busy the machine), then for it to get through.
+      spin_until([&] { return l->going_online.load(); }, 10s);
+      spin_until([&] { return l->online.load(); }, 100ms);
     }
   };
   test::set_injection(&Hook::at, &late);
