@@ -8,10 +8,11 @@
 //                         serialise): the first executor to decide wins and everyone follows;
 //   third step:  forward: tails (every byte after the first, old to new), then heads (INT3 to the
 //                new first byte); backward: unfence (INT3 back to the old first byte).
-// Every write is a compare-and-swap of one byte from the value it expects to the next one, so a
-// replay that comes late finds the byte already moved on and does nothing. A site's first byte
-// always differs between its old and new image (planning alternates the padding prefix), so a late
-// fence can never succeed on a site whose heads were written.
+// The fence and unfence are compare-and-swaps of one byte from the value they expect to the next
+// one, so a replay that comes late finds the byte already moved on and does nothing. A site's first
+// byte always differs between its old and new image (planning alternates the padding prefix), so
+// a late fence can never succeed on a site whose heads were written. Tails and heads are plain
+// stores: they are written only going forward, and every writer stores the same new bytes.
 //
 // Executors never wait for one another: an NMI may have interrupted any of them, the primary
 // included. Each counts itself in and out while it holds an attempt (with_published). Attempts are
