@@ -43,13 +43,14 @@ enum WorkReason : int {
   kReasonInOp = 1,       // check_parked: an op of a switched group in flight on that vCPU
   kReasonMidSite,        // check_parked: stopped inside a site of the switch
   kReasonForeign,        // run: a site no longer held its old image
-  kReasonSyncTimeout,    // run: a parked vCPU did not serialise after the fence
+  kReasonNmiTimeout,     // run: an NMI begun before the fence still ran at the ack deadline
   kReasonInOpAfterFence  // run: an executor was inside an op of the groups after the fence
 };
 
 class SwitchWork final : public sync::StopWork {
  public:
-  explicit SwitchWork(engine::Transaction& transaction) : transaction_(transaction) {}
+  SwitchWork(engine::Transaction& transaction, std::chrono::nanoseconds nmi_deadline)
+      : transaction_(transaction), nmi_deadline_(nmi_deadline) {}
 
   int check_parked(sync::VcpuId self, const void* ucontext) noexcept override {
     if (test::disabled(test::Handler::kQuiescenceCheck)) return 0;
@@ -62,18 +63,19 @@ class SwitchWork final : public sync::StopWork {
     return 0;
   }
 
-  // The parked vCPUs serialise after the fence through sync_all(), whose acknowledgements also
-  // prove that no NMI that began before the fence is still running on them. membarrier after
-  // each step serialises everyone else (threads the stop does not hold, NMIs on offline vCPUs),
-  // as the kernel's text_poke_bp syncs every CPU.
-  int run(sync::StopContext& context) noexcept override {
+  // membarrier after each step serialises every CPU running the process, parked vCPUs and
+  // threads the stop does not hold alike, as the kernel's text_poke_bp syncs every CPU; it wakes
+  // nobody, unlike a sync round of the stop. After the fence the primary also waits out every NMI
+  // handler begun before it: such a handler may have entered an op (old code) before its mark
+  // became visible, and it must be gone before the direction is decided.
+  int run(sync::StopContext& /*context*/) noexcept override {
     if (!transaction_.sites_hold_old()) return kReasonForeign;
     engine::publish_and_drain(&transaction_);
     published_ = true;
     test::inject(test::Point::kStopped, 0);
     transaction_.fence(/*primary=*/true);
-    const bool synced = context.sync_all();
     sync::sync_cores();
+    const bool synced = sync::wait_for_nmis_in_flight(nmi_deadline_);
     test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction_.size()));
     in_op_after_fence_ = test::disabled(test::Handler::kQuiescenceCheck)
                              ? sync::kMaxVcpus
@@ -90,7 +92,7 @@ class SwitchWork final : public sync::StopWork {
     }
     transaction_.unfence();
     sync::sync_cores();
-    return synced ? kReasonInOpAfterFence : kReasonSyncTimeout;
+    return synced ? kReasonInOpAfterFence : kReasonNmiTimeout;
   }
 
   /// Whether run() published the attempt (it then stays reachable until the next one is).
@@ -101,6 +103,7 @@ class SwitchWork final : public sync::StopWork {
 
  private:
   engine::Transaction& transaction_;
+  std::chrono::nanoseconds nmi_deadline_;
   bool published_ = false;
   sync::VcpuId in_op_after_fence_ = sync::kMaxVcpus;
 };
@@ -346,7 +349,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     SwitchAbort reason = SwitchAbort::kNone;
     bool published = true;
     if (stop) {
-      SwitchWork work(*attempt);
+      SwitchWork work(*attempt, options.ack_deadline);
       const sync::StopResult result =
           sync::stop_machine(work, {.ack_deadline = options.ack_deadline});
       outcome.blackout = result.blackout;
@@ -366,9 +369,9 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
             }
           } else if (result.work_result != 0) {
             reason = SwitchAbort::kFenceUndone;
-            last_reason = result.work_result == kReasonSyncTimeout
-                              ? "a vCPU did not serialise after the INT3 fence within the ack "
-                                "deadline; the fence was taken back"
+            last_reason = result.work_result == kReasonNmiTimeout
+                              ? "an NMI handler begun before the INT3 fence was still running at "
+                                "the ack deadline; the fence was taken back"
                           : work.in_op_after_fence() != sync::kMaxVcpus
                               ? vcpu_name(work.in_op_after_fence()) +
                                     " was inside an op of a switched group after the INT3 fence "

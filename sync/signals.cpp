@@ -52,7 +52,9 @@ void on_nmi(int /*sig*/, siginfo_t* info, void* ucontext) {
   if (self != nullptr && sent_by_this_process(info)) {
     const VcpuId id = self->id();
     VcpuSlot& s = slot(id);
-    s.nmis.fetch_add(1, std::memory_order_relaxed);  // a statistic, as for IPIs
+    // Counted before in_nmi is set: wait_for_nmis_in_flight tells a new NMI from the one it waits
+    // for by this count (the locked add is ordered before the seq_cst store below).
+    s.nmis.fetch_add(1, std::memory_order_relaxed);
     // seq_cst (a full barrier): the handler's later loads of shared state (a transaction's step
     // counter, say) cannot move before this store. So a thread that publishes such state with
     // seq_cst and then reads in_nmi == false knows that an NMI not yet visible to it will see the

@@ -1,6 +1,7 @@
 #include "sync/stop_machine.h"
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +67,18 @@ struct Control {
 };
 
 Control g_control;
+
+// CPUs this process may run on, read once (normal context; the affinity of a running guest is
+// not expected to change under it).
+std::uint32_t usable_cpus() {
+  static const std::uint32_t count = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1u;
+    return static_cast<std::uint32_t>(CPU_COUNT(&set));
+  }();
+  return count;
+}
 std::mutex g_primary_mutex;
 thread_local bool t_in_stop = false;
 
@@ -276,7 +289,6 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
   IrqOffGuard irqs_off;
   g_control.work.store(&work, std::memory_order_release);
   g_control.busy_reason.store(0, std::memory_order_relaxed);
-  g_control.spin_before_sleep.store(options.spin_before_sleep, std::memory_order_relaxed);
   g_control.ack_deadline = options.ack_deadline;
 
   // First step: publish kStopping, then choose the targets among the online vCPUs, then
@@ -299,6 +311,13 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
     g_control.targeted[id].store(target, std::memory_order_release);
     targets += target ? 1 : 0;
   }
+  // Spinning pays only while the primary and every parked vCPU have a CPU each. Beyond that, a
+  // vCPU spinning in its handler holds a CPU that a vCPU still on its way to acknowledge needs,
+  // and every spin becomes scheduler latency (H9): then they sleep at once. Stored before the
+  // first IPI; tgkill orders it before any handler's load.
+  const bool oversubscribed = targets + 1 > usable_cpus();
+  g_control.spin_before_sleep.store(oversubscribed ? 0 : options.spin_before_sleep,
+                                    std::memory_order_relaxed);
   for (VcpuId id = 0; id < limit; ++id) {
     if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
     // A failed send (the thread left, or too many signals are queued) is not an excuse to stop

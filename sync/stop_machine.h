@@ -8,8 +8,9 @@
 //   first step:  the primary (the calling thread) publishes kStopping for a new generation, reads
 //                the set of online vCPUs and sends each an IPI;
 //   second step: each vCPU, in its IPI handler, asks the work whether it is quiescent (its
-//                interrupted context), acknowledges, and waits: a short spin, then a futex sleep,
-//                so that more vCPUs than cores costs no scheduler ticks (H9);
+//                interrupted context), acknowledges, and waits: a short spin, then a futex sleep
+//                (no spin at all when there are more vCPUs than CPUs), so that oversubscription
+//                costs no scheduler ticks (H9);
 //   third step:  when every target has acknowledged quiescent, the primary runs the work, which
 //                may call sync_all(): every parked vCPU runs sync_core and acknowledges;
 //   fourth step: kRelease: every parked vCPU serialises and returns to what it was doing.
@@ -72,7 +73,8 @@ class StopContext {
 struct StopOptions {
   /// How long the primary waits for any one round of acknowledgements.
   std::chrono::nanoseconds ack_deadline = std::chrono::milliseconds(100);
-  /// Pause-loop iterations a parked vCPU spins before it sleeps on the futex.
+  /// Pause-loop iterations a parked vCPU spins before it sleeps on the futex, when every target
+  /// and the primary have a CPU each; with more of them than usable CPUs they sleep at once.
   std::uint32_t spin_before_sleep = 2000;
 };
 

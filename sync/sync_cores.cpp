@@ -11,6 +11,7 @@
 #include <string>
 
 #include "arch/x86/sync_core.h"
+#include "sync/vcpu.h"
 
 namespace repatch::sync {
 namespace {
@@ -48,6 +49,22 @@ bool sync_cores() noexcept {
   // membarrier does not promise to serialise the caller itself.
   x86::sync_core();
   return everyone;
+}
+
+bool wait_for_nmis_in_flight(std::chrono::nanoseconds deadline) noexcept {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  for (VcpuId id = 0; id < slot_limit(); ++id) {
+    VcpuSlot& s = slot(id);
+    // An NMI raises `nmis`, then sets in_nmi (seq_cst, sync/signals.cpp); either a changed count
+    // or in_nmi false means the NMI seen here has returned.
+    const std::uint64_t began = s.nmis.load(std::memory_order_seq_cst);
+    while (s.in_nmi.load(std::memory_order_seq_cst) &&
+           s.nmis.load(std::memory_order_seq_cst) == began) {
+      if (std::chrono::steady_clock::now() >= until) return false;
+      __builtin_ia32_pause();
+    }
+  }
+  return true;
 }
 
 }  // namespace repatch::sync

@@ -9,6 +9,8 @@
 #ifndef REPATCH_SYNC_SYNC_CORES_H_
 #define REPATCH_SYNC_SYNC_CORES_H_
 
+#include <chrono>
+
 #include "repatch/error.h"
 
 namespace repatch::sync {
@@ -21,6 +23,13 @@ Status register_sync_cores();
 /// command is not registered or the kernel refused it; the calling thread is serialised anyway.
 /// Async-signal-safe.
 bool sync_cores() noexcept;
+
+/// Waits until every NMI handler that is running on a vCPU now has returned (NMIs that begin
+/// later are not waited for), or until `deadline` has passed. Returns whether they all returned.
+/// With sync_cores() just before, an NMI handler still running afterwards began before the
+/// caller's last write, and one that begins later sees it. Async-signal-safe; spins, so keep
+/// the deadline short.
+bool wait_for_nmis_in_flight(std::chrono::nanoseconds deadline) noexcept;
 
 }  // namespace repatch::sync
 

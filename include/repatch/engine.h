@@ -116,7 +116,8 @@ enum class SwitchAbort : std::uint8_t {
   kAckTimeout,    ///< a vCPU did not acknowledge the stop in time (its IPIs blocked: H3)
   kBusy,          ///< a vCPU was inside an op of a switched group, or stopped inside a site (H7)
   kFenceUndone,   ///< after the INT3 fence, an executor was found inside an op of the groups (an
-                  ///< NMI handler), or a vCPU did not serialise in time: the fence was taken back
+                  ///< NMI handler), or an NMI begun before the fence outlasted the ack deadline:
+                  ///< the fence was taken back
   kForeignWrite,  ///< a site changed between planning and the stop; nothing was written
 };
 inline constexpr std::size_t kSwitchAbortCount = 6;
