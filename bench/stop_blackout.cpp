@@ -6,14 +6,12 @@
 // timed by the engine itself (StopResult::blackout) and reported as manual time, so the median and
 // p99 are over individual stops.
 #include <benchmark/benchmark.h>
-#include <sched.h>
 
 #include <algorithm>
-#include <atomic>
-#include <memory>
-#include <thread>
+#include <cstdint>
 #include <vector>
 
+#include "bench/guest_threads.h"
 #include "sync/stop_machine.h"
 #include "sync/vcpu.h"
 
@@ -22,38 +20,6 @@ namespace {
 using repatch::sync::StopContext;
 using repatch::sync::StopOutcome;
 using repatch::sync::StopWork;
-
-// vCPU threads that run a guest loop until destroyed: pure computation, or computation that
-// gives the core away every 1024 iterations (as a guest kernel's scheduler points would).
-class GuestVcpus {
- public:
-  GuestVcpus(int n, bool yielding) {
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this, yielding] {
-        auto vcpu = repatch::sync::Vcpu::enter();
-        ready_.fetch_add(1);
-        if (!vcpu.ok()) return;
-        std::uint64_t work = 0;
-        while (!stop_.load(std::memory_order_relaxed)) {
-          benchmark::DoNotOptimize(++work);
-          if (yielding && (work & 1023) == 0) sched_yield();
-        }
-      });
-    }
-    while (ready_.load() < n)
-      sched_yield();
-  }
-  ~GuestVcpus() {
-    stop_.store(true);
-    for (std::thread& t : threads_)
-      t.join();
-  }
-
- private:
-  std::vector<std::thread> threads_;
-  std::atomic<int> ready_{0};
-  std::atomic<bool> stop_{false};
-};
 
 class OneSyncRound : public StopWork {
  public:
@@ -72,7 +38,15 @@ double p99(const std::vector<double>& v) {
 void BM_StopBlackout(benchmark::State& state) {
   const int vcpus = static_cast<int>(state.range(0));
   const auto spin = static_cast<std::uint32_t>(state.range(1));
-  GuestVcpus guests(vcpus, state.range(2) != 0);
+  // The guest loop is pure computation; the yielding one gives the core away every 1024
+  // iterations, as a guest kernel's scheduling points would.
+  const repatch::bench::GuestVcpus guests(
+      vcpus, state.range(2) != 0 ? 1024 : 0,
+      [](repatch::sync::Vcpu&, std::uint64_t iteration) { benchmark::DoNotOptimize(iteration); });
+  if (guests.failed() != 0) {
+    state.SkipWithError("a guest thread could not register as a vCPU");
+    return;
+  }
   OneSyncRound work;
   for (auto _ : state) {
     const auto result = repatch::sync::stop_machine(
