@@ -20,6 +20,8 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -382,9 +384,18 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
           break;
         case sync::StopOutcome::kAckTimeout:
           reason = SwitchAbort::kAckTimeout;
-          last_reason = vcpu_name(result.culprit) + " did not acknowledge the stop within " +
-                        std::to_string(options.ack_deadline.count() / 1000) +
-                        " us (its IPIs blocked for that long?); nothing was written";
+          last_reason =
+              vcpu_name(result.culprit) + " did not acknowledge the stop within " +
+              std::to_string(options.ack_deadline.count() / 1000) + " us " +
+              (result.culprit_send_error != 0
+                   ? "(its IPI could not be sent: " +
+                         std::string(std::strerror(result.culprit_send_error)) +
+                         (result.culprit_send_error == EAGAIN
+                              ? "; the user's queue of real-time signals is full, see ulimit -i"
+                              : "") +
+                         ")"
+                   : "(its IPIs blocked for that long?)") +
+              "; nothing was written";
           break;
         case sync::StopOutcome::kBusy:
           reason = SwitchAbort::kBusy;

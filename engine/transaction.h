@@ -91,7 +91,11 @@ class Transaction {
  private:
   std::vector<SitePlan> sites_;
   std::uint32_t tracked_groups_;
+  // One byte, compare-and-swap, through the alias.
+  bool swap_byte(std::uintptr_t address, std::uint8_t expected, std::uint8_t desired) noexcept;
+
   x86::TextPoker& poker_;
+  std::intptr_t alias_delta_;  // code address + this = its writable alias (memfd backend only)
   bool stopless_;
   std::atomic<Direction> direction_{Direction::kUndecided};
   std::atomic<std::uint64_t> int3_completions_{0};

@@ -37,6 +37,8 @@ void on_ipi(int /*sig*/, siginfo_t* info, void* ucontext) {
   Vcpu* self = Vcpu::current();
   if (self != nullptr && sent_by_this_process(info)) {
     const VcpuId id = self->id();
+    // Before any state is read: pairs with the sender's exchange (send_signal in vcpu.cpp).
+    slot(id).ipi_pending.store(false, std::memory_order_seq_cst);
     // Relaxed: a statistic; nothing else is ordered by it.
     slot(id).ipis.fetch_add(1, std::memory_order_relaxed);
     if (InterruptHandler handler = g_ipi_handler.load(std::memory_order_acquire)) {
@@ -52,6 +54,7 @@ void on_nmi(int /*sig*/, siginfo_t* info, void* ucontext) {
   if (self != nullptr && sent_by_this_process(info)) {
     const VcpuId id = self->id();
     VcpuSlot& s = slot(id);
+    s.nmi_pending.store(false, std::memory_order_seq_cst);  // as in on_ipi
     // Counted before in_nmi is set: wait_for_nmis_in_flight tells a new NMI from the one it waits
     // for by this count (the locked add is ordered before the seq_cst store below).
     s.nmis.fetch_add(1, std::memory_order_relaxed);

@@ -61,6 +61,8 @@ struct Control {
   /// (and lets the caller free the work) only once this is zero, so that no handler outlives the
   /// stop it saw (a late handler would otherwise read a freed work, or return without sync_core).
   std::atomic<std::uint32_t> handlers_inside{0};
+  /// Primary only: what send_ipi returned for each target of this stop.
+  int send_error[kMaxVcpus] = {};
   /// Primary only: the round in which the targets parked, and how long a round may take.
   std::uint32_t stopping_round = 0;
   std::chrono::nanoseconds ack_deadline{0};
@@ -322,8 +324,8 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
     if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
     // A failed send (the thread left, or too many signals are queued) is not an excuse to stop
     // without this vCPU: it stays a target, and unless it left or went offline, the attempt
-    // times out and aborts.
-    (void)send_ipi(id);
+    // times out and aborts, reporting the send's error.
+    g_control.send_error[id] = send_ipi(id);
   }
   result.targets = targets;
 
@@ -331,6 +333,8 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
   if (!StopMachine::wait_acks(stopping, options.ack_deadline)) {
     result.outcome = StopOutcome::kAckTimeout;
     result.culprit = StopMachine::laggard(stopping);
+    if (result.culprit < kMaxVcpus)
+      result.culprit_send_error = g_control.send_error[result.culprit];
   } else if (const int reason = g_control.busy_reason.load(std::memory_order_relaxed)) {
     result.outcome = StopOutcome::kBusy;
     result.work_result = reason;

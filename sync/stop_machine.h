@@ -89,7 +89,10 @@ struct StopResult {
   StopOutcome outcome = StopOutcome::kDone;
   int work_result = 0;         ///< StopWork::run's return (kDone), or the busy reason (kBusy)
   VcpuId culprit = kMaxVcpus;  ///< the vCPU that timed out or was busy; kMaxVcpus if none
-  std::uint32_t targets = 0;   ///< vCPUs stopped (or asked to stop)
+  /// kAckTimeout: the errno with which the IPI to the culprit could not be sent (EAGAIN: the
+  /// user's queue of real-time signals is full), or 0 when it was sent.
+  int culprit_send_error = 0;
+  std::uint32_t targets = 0;  ///< vCPUs stopped (or asked to stop)
   /// From the first IPI to the last vCPU released (or aborted).
   std::chrono::nanoseconds blackout{0};
 };

@@ -104,7 +104,7 @@ std::string tid_text(pid_t tid) {
   return std::to_string(tid);
 }
 
-int send_signal(VcpuId id, int sig) {
+int send_signal(VcpuId id, int sig, std::atomic<bool> VcpuSlot::*pending) {
   if (id >= kMaxVcpus) {
     return ESRCH;
   }
@@ -114,6 +114,13 @@ int send_signal(VcpuId id, int sig) {
   if (tid == 0 || sig == 0) {
     return ESRCH;
   }
+  // seq_cst exchange, paired with the handler's seq_cst clear before it reads any state: either
+  // the pending signal's handler has not cleared the flag yet, and will see whatever the caller
+  // published before this send, or it has, and this send queues a new signal.
+  std::atomic<bool>& is_pending = g_slots[id].*pending;
+  if (is_pending.exchange(true, std::memory_order_seq_cst)) {
+    return 0;
+  }
   const int saved_errno = errno;
   // tgkill with our own pid: if the slot was freed and its tid reused meanwhile, the signal can
   // only reach a thread of this process, whose handler ignores it unless it is a vCPU (and an
@@ -121,6 +128,7 @@ int send_signal(VcpuId id, int sig) {
   int result = 0;
   if (syscall(SYS_tgkill, getpid(), tid, sig) != 0) {
     result = errno;
+    is_pending.store(false, std::memory_order_seq_cst);  // nothing was queued after all
   }
   errno = saved_errno;
   return result;
@@ -193,6 +201,8 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
   }
   s.ipis.store(0, std::memory_order_relaxed);
   s.nmis.store(0, std::memory_order_relaxed);
+  s.ipi_pending.store(false, std::memory_order_relaxed);
+  s.nmi_pending.store(false, std::memory_order_relaxed);
 
   if (Status st = g_alt_stacks[id].install(); !st.ok()) {
     s.tid.store(0, std::memory_order_release);
@@ -312,10 +322,10 @@ IrqOffGuard::~IrqOffGuard() {
 }
 
 int send_ipi(VcpuId id) {
-  return send_signal(id, ipi_signal());
+  return send_signal(id, ipi_signal(), &VcpuSlot::ipi_pending);
 }
 int send_nmi(VcpuId id) {
-  return send_signal(id, nmi_signal());
+  return send_signal(id, nmi_signal(), &VcpuSlot::nmi_pending);
 }
 
 }  // namespace repatch::sync

@@ -52,6 +52,12 @@ struct alignas(64) VcpuSlot {
   /// The last stop-machine step this vCPU acknowledged (written by the vCPU in its IPI handler,
   /// read by the stop-machine primary).
   std::atomic<std::uint32_t> stop_ack{0};
+  /// An IPI / NMI was sent and its handler has not started yet. A send while one is pending is
+  /// merged into it (as a CPU latches one pending NMI), so a vCPU whose IPIs stay blocked never
+  /// fills the process's queue of real-time signals, which the kernel bounds per user
+  /// (RLIMIT_SIGPENDING): a full queue would make every later send fail, in other processes too.
+  std::atomic<bool> ipi_pending{false};
+  std::atomic<bool> nmi_pending{false};
   /// IPIs and NMIs received, for reports.
   std::atomic<std::uint64_t> ipis{0};
   std::atomic<std::uint64_t> nmis{0};
@@ -131,9 +137,12 @@ using InterruptHandler = void (*)(VcpuId self, void* ucontext);
 void set_ipi_handler(InterruptHandler handler);
 void set_nmi_handler(InterruptHandler handler);
 
-/// Sends an IPI / NMI to vCPU `id` with tgkill. Async-signal-safe, so it reports failure as an
-/// errno value rather than an Error (which would allocate): 0 on success, ESRCH when the slot is
-/// free (or `id` is not below kMaxVcpus), or tgkill's errno.
+/// Sends an IPI / NMI to vCPU `id` with tgkill, unless one is already pending there (its handler
+/// not yet started): then the two are merged and the one handler run serves both, since handlers
+/// read the state they act on after they start. Async-signal-safe, so it reports failure as an
+/// errno value rather than an Error (which would allocate): 0 on success or merge, ESRCH when the
+/// slot is free (or `id` is not below kMaxVcpus), or tgkill's errno (EAGAIN: the user's queue of
+/// real-time signals is full).
 int send_ipi(VcpuId id);
 int send_nmi(VcpuId id);
 

@@ -58,6 +58,11 @@ class TextPoker {
   virtual bool compare_exchange_byte(std::uintptr_t address, std::uint8_t expected,
                                      std::uint8_t desired) noexcept = 0;
 
+  /// For the memfd backend: what to add to a code address inside begin()..end() to get its
+  /// writable alias, for writers that store through arch/x86/code_store.h directly (no call per
+  /// store). 0 for procmem, which has no alias: use write().
+  virtual std::intptr_t alias_delta() const = 0;
+
   /// For the memfd backend: the first and one-past-last code addresses covered (page aligned).
   /// For procmem: both 0.
   virtual std::uintptr_t begin() const = 0;

@@ -43,6 +43,7 @@
 #include <cstring>
 #include <string>
 
+#include "arch/x86/code_store.h"
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
 #include "base/test_hooks.h"
@@ -170,8 +171,9 @@ char* append_text(char* out, const char* text) {
 }
 
 // Child side of fork, one region: the spare memfd, which the parent filled with the text as it was
-// when fork() began, is mapped r-x over the text and rw- over the old alias. Both mmap(MAP_FIXED) calls replace a mapping atomically,
-// so the text is never absent and the alias address is never free for something else to take.
+// when fork() began, is mapped r-x over the text and rw- over the old alias. Both mmap(MAP_FIXED)
+// calls replace a mapping atomically, so the text is never absent and the alias address is never
+// free for something else to take.
 void reprivatise_in_child(Region& r) {
   if (r.spare_fd < 0) {
     die_in_child(r, r.spare_failed_call, r.spare_errno);
@@ -260,44 +262,6 @@ int install_fork_handlers() {
   return result;
 }
 
-// Stores `n` bytes in address order, each store naturally aligned and as wide as alignment and
-// the remaining length allow (8, 4, 2 or 1 bytes), so that an aligned 8-byte window is replaced
-// by one single-copy-atomic store as data. That does not make it atomic for instruction fetch on
-// another CPU: the architecture promises nothing for cross-modifying code without serialisation,
-// which is why live switches use the INT3 protocol. Relaxed atomic builtins rather than plain
-// stores: the compiler may neither tear them nor turn the loop into a call to memcpy.
-void store_code_bytes(std::uintptr_t dst, const std::uint8_t* src, std::size_t n) {
-  // The source may be unaligned. __builtin_memcpy of a constant size is expanded inline at every
-  // optimisation level into one load: no libc call.
-  auto load = [](const std::uint8_t* p, auto zero) {
-    decltype(zero) v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-  };
-  while (n > 0) {
-    if ((dst & 7) == 0 && n >= 8) {
-      __atomic_store_n(static_cast<std::uint64_t*>(as_ptr(dst)), load(src, std::uint64_t{}),
-                       __ATOMIC_RELAXED);
-      dst += 8, src += 8, n -= 8;
-    } else if ((dst & 3) == 0 && n >= 4) {
-      __atomic_store_n(static_cast<std::uint32_t*>(as_ptr(dst)), load(src, std::uint32_t{}),
-                       __ATOMIC_RELAXED);
-      dst += 4, src += 4, n -= 4;
-    } else if ((dst & 1) == 0 && n >= 2) {
-      __atomic_store_n(static_cast<std::uint16_t*>(as_ptr(dst)), load(src, std::uint16_t{}),
-                       __ATOMIC_RELAXED);
-      dst += 2, src += 2, n -= 2;
-    } else {
-      __atomic_store_n(static_cast<std::uint8_t*>(as_ptr(dst)), *src, __ATOMIC_RELAXED);
-      dst += 1, src += 1, n -= 1;
-    }
-  }
-  // Orders the code stores before any later store of this thread, such as the flag that tells
-  // other vCPUs to serialise and run the new code (they pair it with an acquire load). On x86
-  // this only stops the compiler from sinking the stores; the CPU keeps stores in order.
-  std::atomic_thread_fence(std::memory_order_release);
-}
-
 class MemfdPoker final : public TextPoker {
  public:
   MemfdPoker(std::size_t slot, std::uintptr_t begin, std::uintptr_t end, std::uintptr_t alias)
@@ -320,17 +284,14 @@ class MemfdPoker final : public TextPoker {
   std::uintptr_t end() const override { return end_; }
 
   bool can_compare_exchange() const override { return true; }
+  std::intptr_t alias_delta() const override { return static_cast<std::intptr_t>(alias_ - begin_); }
 
   bool compare_exchange_byte(std::uintptr_t address, std::uint8_t expected,
                              std::uint8_t desired) noexcept override {
     if (test::disabled(test::Handler::kWxAlias)) {
       return compare_exchange_through_rwx(address, expected, desired);
     }
-    // seq_cst: a locked cmpxchg, which orders this write with every load and store around it
-    // (the executor's later scan of in-op depths, the primary's later publish of the state).
-    auto* byte = reinterpret_cast<std::uint8_t*>(alias_ + (address - begin_));  // NOLINT
-    return __atomic_compare_exchange_n(byte, &expected, desired, false, __ATOMIC_SEQ_CST,
-                                       __ATOMIC_SEQ_CST);
+    return compare_exchange_code_byte(alias_ + (address - begin_), expected, desired);
   }
 
   Status write(std::uintptr_t address, std::span<const std::uint8_t> bytes) override {

@@ -81,6 +81,7 @@ class ProcMemPoker final : public TextPoker {
   std::uintptr_t end() const override { return 0; }
   // A pread and a pwrite are two system calls: another executor can write in between.
   bool can_compare_exchange() const override { return false; }
+  std::intptr_t alias_delta() const override { return 0; }
   bool compare_exchange_byte(std::uintptr_t, std::uint8_t, std::uint8_t) noexcept override {
     return false;
   }
