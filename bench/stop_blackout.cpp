@@ -49,8 +49,11 @@ void BM_StopBlackout(benchmark::State& state) {
   }
   OneSyncRound work;
   for (auto _ : state) {
-    const auto result = repatch::sync::stop_machine(
-        work, {.ack_deadline = std::chrono::seconds(2), .spin_before_sleep = spin});
+    // The busy-spin rows measure the naive rendezvous, so nothing may cut their spinning short.
+    const auto result =
+        repatch::sync::stop_machine(work, {.ack_deadline = std::chrono::seconds(2),
+                                           .spin_before_sleep = spin,
+                                           .sleep_when_oversubscribed = spin < 50000000});
     if (result.outcome != StopOutcome::kDone || result.work_result != 0) {
       state.SkipWithError("a stop did not complete");
       break;

@@ -317,7 +317,7 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
   // vCPU spinning in its handler holds a CPU that a vCPU still on its way to acknowledge needs,
   // and every spin becomes scheduler latency (H9): then they sleep at once. Stored before the
   // first IPI; tgkill orders it before any handler's load.
-  const bool oversubscribed = targets + 1 > usable_cpus();
+  const bool oversubscribed = options.sleep_when_oversubscribed && targets + 1 > usable_cpus();
   g_control.spin_before_sleep.store(oversubscribed ? 0 : options.spin_before_sleep,
                                     std::memory_order_relaxed);
   for (VcpuId id = 0; id < limit; ++id) {

@@ -76,6 +76,9 @@ struct StopOptions {
   /// Pause-loop iterations a parked vCPU spins before it sleeps on the futex, when every target
   /// and the primary have a CPU each; with more of them than usable CPUs they sleep at once.
   std::uint32_t spin_before_sleep = 2000;
+  /// False: spin for spin_before_sleep even when oversubscribed (only to measure what the
+  /// back-off saves, as bench/stop_blackout does).
+  bool sleep_when_oversubscribed = true;
 };
 
 enum class StopOutcome : std::uint8_t {
