@@ -64,19 +64,11 @@ Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog&
       variants[g] = x86::cpu_has(cpu, feature).value_or(false) ? 1 : 0;
     }
   }
-  std::vector<bool> named(catalog.groups().size(), false);
-  for (const GroupChoice& choice : options.initial) {
-    Result<engine::GroupIndex> g = catalog.find_group(choice.group);
-    if (!g.ok()) return g.error();
-    if (named[g.value()]) {
-      return Error(ErrorCode::kInvalidArgument,
-                   "group '" + choice.group + "' is given an initial variant twice");
-    }
-    named[g.value()] = true;
-    Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
-    if (!v.ok()) return v.error();
-    variants[g.value()] = v.value();
-  }
+  Result<std::vector<engine::Choice>> chosen =
+      engine::resolve_choices(catalog, options.initial, "is given an initial variant twice");
+  if (!chosen.ok()) return chosen.error();
+  for (const engine::Choice& choice : chosen.value())
+    variants[choice.group] = choice.variant;
   return variants;
 }
 

@@ -229,4 +229,24 @@ Descriptors program_descriptors() {
           section_span(__start_repatch_variants, __stop_repatch_variants)};
 }
 
+Result<std::vector<Choice>> resolve_choices(const Catalog& catalog,
+                                            std::span<const GroupChoice> choices,
+                                            std::string_view named_twice) {
+  std::vector<Choice> out;
+  std::vector<bool> named(catalog.groups().size(), false);
+  for (const GroupChoice& choice : choices) {
+    Result<GroupIndex> g = catalog.find_group(choice.group);
+    if (!g.ok()) return g.error();
+    if (named[g.value()]) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "group '" + choice.group + "' " + std::string(named_twice));
+    }
+    named[g.value()] = true;
+    Result<VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
+    if (!v.ok()) return v.error();
+    out.push_back({g.value(), v.value()});
+  }
+  return out;
+}
+
 }  // namespace repatch::engine

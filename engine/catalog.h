@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "repatch/engine.h"
 #include "repatch/error.h"
 #include "repatch/op.h"
 
@@ -74,6 +75,19 @@ class Catalog {
   std::vector<CatalogGroup> groups_;
   std::vector<CatalogOp> ops_;
 };
+
+/// A group and the variant chosen for it.
+struct Choice {
+  GroupIndex group;
+  VariantIndex variant;
+};
+
+/// Resolves (group name, variant name) pairs. Fails with kUnknownName (the message lists the
+/// groups or variants there are), or kInvalidArgument when a group is named twice: "group 'g' "
+/// followed by `named_twice`.
+Result<std::vector<Choice>> resolve_choices(const Catalog& catalog,
+                                            std::span<const GroupChoice> choices,
+                                            std::string_view named_twice);
 
 /// The descriptors this program registered through the macros of repatch/op.h.
 Descriptors program_descriptors();

@@ -174,29 +174,23 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
   const engine::Catalog& catalog = impl.catalog;
   Plan plan;
   plan.target = impl.group_variant;
-  std::vector<bool> named(catalog.groups().size(), false);
+  Result<std::vector<engine::Choice>> chosen =
+      engine::resolve_choices(catalog, choices, "is named twice in one switch");
+  if (!chosen.ok()) return chosen.error();
   std::vector<engine::GroupIndex> switched;
-  for (const GroupChoice& choice : choices) {
-    Result<engine::GroupIndex> g = catalog.find_group(choice.group);
-    if (!g.ok()) return g.error();
-    if (named[g.value()]) {
+  for (std::size_t i = 0; i < choices.size(); ++i) {
+    const auto [g, v] = chosen.value()[i];
+    if (v == engine::kIndirect) {
       return Error(ErrorCode::kInvalidArgument,
-                   "group '" + choice.group + "' is named twice in one switch");
-    }
-    named[g.value()] = true;
-    Result<engine::VariantIndex> v = catalog.find_variant(g.value(), choice.variant);
-    if (!v.ok()) return v.error();
-    if (v.value() == engine::kIndirect) {
-      return Error(ErrorCode::kInvalidArgument,
-                   "group '" + choice.group +
+                   "group '" + choices[i].group +
                        "' cannot be switched back to 'indirect': that is "
                        "the unpatched state before boot; name one of its variants");
     }
     if (!plan.groups_text.empty()) plan.groups_text += ", ";
-    plan.groups_text += "'" + choice.group + "' to '" + choice.variant + "'";
-    if (v.value() == impl.group_variant[g.value()]) continue;
-    plan.target[g.value()] = v.value();
-    switched.push_back(g.value());
+    plan.groups_text += "'" + choices[i].group + "' to '" + choices[i].variant + "'";
+    if (v == impl.group_variant[g]) continue;
+    plan.target[g] = v;
+    switched.push_back(g);
   }
   for (const engine::GroupIndex g : switched) {
     if (g < sync::kMaxTrackedGroups) plan.tracked_groups |= 1u << g;
