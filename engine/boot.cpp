@@ -192,6 +192,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
     w.entry->set_held(w.variant, false);
   }
   impl->group_variant = target.value();
+  impl->group_state.assign(impl->catalog.groups().size(), nullptr);
   for (const engine::CatalogOp& op : impl->catalog.ops()) {
     const engine::VariantIndex v = impl->group_variant[op.group];
     *op.desc->slot = reinterpret_cast<void*>(op.variants[v == engine::kIndirect ? 0 : v]->callable);

@@ -24,6 +24,8 @@ struct Engine::Impl {
   x86::CpuInfo cpu;
   /// Current variant of each group (kIndirect: unpatched).
   std::vector<engine::VariantIndex> group_variant;
+  /// Per group: its state's converter (Engine::set_group_state), or nullptr.
+  std::vector<GroupState*> group_state;
   /// One switch at a time. Held in normal context only, never inside a stop.
   std::mutex switch_mutex;
   /// The last switch attempt, still published for #BP executors (engine/transaction.h).

@@ -42,11 +42,12 @@ using Clock = std::chrono::steady_clock;
 
 // Reasons the stop work reports (StopWork's own numbering; 0 is success).
 enum WorkReason : int {
-  kReasonInOp = 1,       // check_parked: an op of a switched group in flight on that vCPU
-  kReasonMidSite,        // check_parked: stopped inside a site of the switch
-  kReasonForeign,        // run: a site no longer held its old image
-  kReasonNmiTimeout,     // run: an NMI begun before the fence still ran at the ack deadline
-  kReasonInOpAfterFence  // run: an executor was inside an op of the groups after the fence
+  kReasonInOp = 1,        // check_parked: an op of a switched group in flight on that vCPU
+  kReasonMidSite,         // check_parked: stopped inside a site of the switch
+  kReasonForeign,         // run: a site no longer held its old image
+  kReasonNmiTimeout,      // run: an NMI begun before the fence still ran at the ack deadline
+  kReasonInOpAfterFence,  // run: an executor was inside an op of the groups after the fence
+  kReasonStateRefused     // run: a group's state cannot be converted (GroupState::can_convert)
 };
 
 class SwitchWork final : public sync::StopWork {
@@ -82,9 +83,13 @@ class SwitchWork final : public sync::StopWork {
     in_op_after_fence_ = test::disabled(test::Handler::kQuiescenceCheck)
                              ? sync::kMaxVcpus
                              : transaction_.vcpu_in_op();
-    const bool forward = synced && in_op_after_fence_ == sync::kMaxVcpus;
+    // Third step: the state check comes last, as it walks every live object of the groups.
+    const bool forward =
+        synced && in_op_after_fence_ == sync::kMaxVcpus && transaction_.states_convertible();
     if (transaction_.decide(forward ? engine::Direction::kForward : engine::Direction::kBackward) ==
         engine::Direction::kForward) {
+      // Fourth step: state first, while every site still traps, then the code.
+      transaction_.convert_states();
       transaction_.write_tails(/*primary=*/true);
       sync::sync_cores();
       transaction_.write_heads(/*primary=*/true);
@@ -94,6 +99,7 @@ class SwitchWork final : public sync::StopWork {
     }
     transaction_.unfence();
     sync::sync_cores();
+    if (transaction_.refusal()[0] != '\0') return kReasonStateRefused;
     return synced ? kReasonInOpAfterFence : kReasonNmiTimeout;
   }
 
@@ -119,6 +125,9 @@ std::chrono::nanoseconds write_batch(engine::Transaction& transaction) {
   sync::sync_cores();
   test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction.size()));
   transaction.decide(engine::Direction::kForward);
+  // Groups with state never come here (set_group_state refuses interchangeable groups), except
+  // a stateful group written without a stop when a hazard test switches the stop off.
+  transaction.convert_states();
   transaction.write_tails(/*primary=*/true);
   sync::sync_cores();
   transaction.write_heads(/*primary=*/true);
@@ -134,6 +143,7 @@ std::string vcpu_name(sync::VcpuId id) {
 
 struct Plan {
   std::vector<engine::SitePlan> sites;
+  std::vector<engine::StateChange> states;
   std::uint32_t tracked_groups = 0;
   std::vector<engine::VariantIndex> target;  // per group; the current variant when not switched
   std::string groups_text;                   // "'demo_lock' to 'pv'", for messages
@@ -194,6 +204,12 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
   }
   for (const engine::GroupIndex g : switched) {
     if (g < sync::kMaxTrackedGroups) plan.tracked_groups |= 1u << g;
+    if (GroupState* state = impl.group_state[g]) {
+      // An unpatched group runs its default variant, so its state is in that encoding.
+      const engine::VariantIndex from = impl.group_variant[g];
+      plan.states.push_back(
+          {state, from == engine::kIndirect ? 0 : from, static_cast<int>(plan.target[g])});
+    }
     for (engine::SiteEntry& entry : impl.table.group_sites(g)) {
       if (Status s = engine::check_site_holds_current(catalog, impl.table, entry); !s.ok()) {
         return s.error();
@@ -292,8 +308,27 @@ const char* switch_abort_name(SwitchAbort reason) {
       return "fence_undone";
     case SwitchAbort::kForeignWrite:
       return "foreign_write";
+    case SwitchAbort::kStateRefused:
+      return "state_refused";
   }
   return "unknown";
+}
+
+Status Engine::set_group_state(std::string_view group, GroupState* state) {
+  Impl& impl = *impl_;
+  std::lock_guard<std::mutex> no_switch_meanwhile(impl.switch_mutex);
+  Result<engine::GroupIndex> g = impl.catalog.find_group(group);
+  if (!g.ok()) return g.error();
+  if (state != nullptr &&
+      (impl.catalog.group(g.value()).desc->flags & abi::kGroupInterchangeable) != 0) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "group '" + std::string(group) +
+                     "' is interchangeable: its variants run side by side during a batch switch, "
+                     "so no state of it can depend on the variant; drop abi::kGroupInterchangeable "
+                     "to give it state");
+  }
+  impl.group_state[g.value()] = state;
+  return {};
 }
 
 SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
@@ -340,8 +375,8 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   std::string last_reason;
   for (;;) {
     ++outcome.attempts;
-    auto attempt =
-        std::make_unique<engine::Transaction>(plan.sites, plan.tracked_groups, *impl.poker, !stop);
+    auto attempt = std::make_unique<engine::Transaction>(plan.sites, plan.tracked_groups,
+                                                         *impl.poker, !stop, plan.states);
     SwitchAbort reason = SwitchAbort::kNone;
     bool published = true;
     if (stop) {
@@ -374,6 +409,11 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
                                     "(an NMI handler); the fence was taken back"
                               : "an NMI or #BP handler inside an op of a switched group reached "
                                 "the INT3 fence and took it back";
+            if (result.work_result == kReasonStateRefused) {
+              reason = SwitchAbort::kStateRefused;
+              last_reason = std::string(attempt->refusal()) +
+                            "; the fence was taken back and nothing was converted";
+            }
           }
           break;
         case sync::StopOutcome::kAckTimeout:
@@ -420,7 +460,9 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     ++outcome.aborts[static_cast<std::size_t>(reason)];
     outcome.reason = reason;
     const auto now = Clock::now();
-    if (reason == SwitchAbort::kForeignWrite || now - start + backoff > options.deadline) {
+    // A foreign write or a state that cannot be converted will not go away by waiting.
+    const bool final = reason == SwitchAbort::kForeignWrite || reason == SwitchAbort::kStateRefused;
+    if (final || now - start + backoff > options.deadline) {
       outcome.status =
           Error(reason == SwitchAbort::kForeignWrite ? ErrorCode::kForeignWrite : ErrorCode::kState,
                 "switch of " + plan.groups_text + " aborted after " +

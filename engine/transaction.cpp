@@ -18,12 +18,13 @@ std::atomic<std::uint32_t> g_executors_inside{0};
 }  // namespace detail
 
 Transaction::Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups,
-                         x86::TextPoker& poker, bool stopless)
+                         x86::TextPoker& poker, bool stopless, std::vector<StateChange> states)
     : sites_(std::move(sites)),
       tracked_groups_(tracked_groups),
       poker_(poker),
       alias_delta_(poker.alias_delta()),
-      stopless_(stopless) {}
+      stopless_(stopless),
+      states_(std::move(states)) {}
 
 const SitePlan* Transaction::site_at(std::uintptr_t address) const noexcept {
   const auto it =
@@ -144,6 +145,26 @@ void Transaction::unfence() noexcept {
   }
 }
 
+bool Transaction::states_convertible() noexcept {
+  for (const StateChange& change : states_) {
+    char why[sizeof refusal_];
+    why[0] = '\0';
+    if (change.state->can_convert(change.from, change.to, why, sizeof why)) continue;
+    if (!refusal_claimed_.exchange(true, std::memory_order_relaxed)) {
+      why[sizeof why - 1] = '\0';
+      __builtin_memcpy(refusal_, why, sizeof why);
+      refusal_ready_.store(true, std::memory_order_release);  // pairs with refusal()
+    }
+    return false;
+  }
+  return true;
+}
+
+void Transaction::convert_states() noexcept {
+  for (const StateChange& change : states_)
+    change.state->convert(change.from, change.to);
+}
+
 void Transaction::complete(bool in_nmi) noexcept {
   Direction direction = this->direction();
   if (direction == Direction::kUndecided) {
@@ -154,9 +175,13 @@ void Transaction::complete(bool in_nmi) noexcept {
     sync::sync_cores();
     const bool nobody_in_op =
         test::disabled(test::Handler::kQuiescenceCheck) || vcpu_in_op() == sync::kMaxVcpus;
-    direction = decide(stopless_ || nobody_in_op ? Direction::kForward : Direction::kBackward);
+    const bool forward = stopless_ || (nobody_in_op && states_convertible());
+    direction = decide(forward ? Direction::kForward : Direction::kBackward);
   }
   if (direction == Direction::kForward) {
+    // Whoever decided may not have converted yet (it may be the primary, interrupted by this
+    // NMI): converting is idempotent, and must be done before any new code can run.
+    convert_states();
     write_tails(false);
     sync::sync_cores();
     write_heads(false);

@@ -32,6 +32,7 @@
 #include "arch/x86/text_poker.h"
 #include "engine/catalog.h"
 #include "engine/site_table.h"
+#include "repatch/group_state.h"
 
 namespace repatch::engine {
 
@@ -46,13 +47,20 @@ struct SitePlan {
 
 enum class Direction : std::uint8_t { kUndecided, kForward, kBackward };
 
+/// A switched group whose ops keep state in memory, and the encodings it goes between.
+struct StateChange {
+  GroupState* state;
+  int from;  ///< variant index (the default variant's when the group is still unpatched)
+  int to;
+};
+
 class Transaction {
  public:
   /// `sites` sorted by address. `tracked_groups`: bit g set for each switched group g below 32
   /// (the groups whose in-op depth vCPUs keep). `stopless`: the batch writer (nobody is stopped;
   /// the groups are interchangeable, so executors always go forward).
   Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups, x86::TextPoker& poker,
-              bool stopless);
+              bool stopless, std::vector<StateChange> states = {});
 
   std::size_t size() const { return sites_.size(); }
   const std::vector<SitePlan>& sites() const { return sites_; }
@@ -70,6 +78,17 @@ class Transaction {
   std::uint16_t vcpu_in_op() const noexcept;
   /// Whether vCPU `id` is inside an op of a switched group. Async-signal-safe.
   bool in_op(std::uint16_t id) const noexcept;
+
+  /// Whether every switched group's state can be converted (GroupState::can_convert). The first
+  /// refusal's text is kept, for refusal(). Async-signal-safe.
+  bool states_convertible() noexcept;
+  /// Converts every switched group's state (GroupState::convert). Async-signal-safe.
+  void convert_states() noexcept;
+  /// The first refusal of states_convertible(), or "".
+  const char* refusal() const noexcept {
+    // Acquire pairs with the release that publishes the text.
+    return refusal_ready_.load(std::memory_order_acquire) ? refusal_ : "";
+  }
 
   // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
   void fence(bool primary) noexcept;
@@ -97,7 +116,13 @@ class Transaction {
   x86::TextPoker& poker_;
   std::intptr_t alias_delta_;  // code address + this = its writable alias (memfd backend only)
   bool stopless_;
+  std::vector<StateChange> states_;
   std::atomic<Direction> direction_{Direction::kUndecided};
+  // The first executor whose can_convert refused claims the buffer, writes its text, then sets
+  // refusal_ready_.
+  std::atomic<bool> refusal_claimed_{false};
+  std::atomic<bool> refusal_ready_{false};
+  char refusal_[320] = {};
   std::atomic<std::uint64_t> int3_completions_{0};
   std::atomic<std::uint64_t> nmi_completions_{0};
 };

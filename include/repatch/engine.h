@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "repatch/error.h"
+#include "repatch/group_state.h"
 
 namespace repatch {
 
@@ -119,10 +120,12 @@ enum class SwitchAbort : std::uint8_t {
                   ///< NMI handler), or an NMI begun before the fence outlasted the ack deadline:
                   ///< the fence was taken back
   kForeignWrite,  ///< a site changed between planning and the stop; nothing was written
+  kStateRefused,  ///< a group's state cannot be converted (GroupState::can_convert names the
+                  ///< object); the fence was taken back, nothing was converted
 };
-inline constexpr std::size_t kSwitchAbortCount = 6;
+inline constexpr std::size_t kSwitchAbortCount = 7;
 
-/// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write".
+/// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write", "state_refused".
 const char* switch_abort_name(SwitchAbort reason);
 
 /// What a switch did.
@@ -197,6 +200,13 @@ class Engine {
   /// handler or during a stop).
   SwitchOutcome switch_groups(const std::vector<GroupChoice>& choices,
                               const SwitchOptions& options = {});
+
+  /// Registers `state` (not owned; it must outlive the engine's use of it, nullptr removes it) as
+  /// the converter of `group`'s in-memory state: every later switch of the group checks and
+  /// converts it under the stop (repatch/group_state.h). Normal context; waits for a switch in
+  /// progress. Fails with kUnknownName, or kInvalidArgument for an interchangeable group (its
+  /// variants may run side by side, so its state cannot depend on the variant).
+  Status set_group_state(std::string_view group, GroupState* state);
 
   /// Retained patch table bytes per site.
   static std::size_t bytes_per_site();
