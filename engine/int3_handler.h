@@ -9,8 +9,8 @@
 //
 // Any other SIGTRAP (a debugger's breakpoint, raise(SIGTRAP), an int3 elsewhere) goes to the
 // handler that was installed before, or gets the default action. A debugger attached to the
-// process sees every SIGTRAP first, the engine's included: tell it to pass SIGTRAP on
-// (gdb: `handle SIGTRAP nostop noprint pass`) while switches run.
+// process sees every SIGTRAP first, the engine's included: in gdb, `signal SIGTRAP` hands a
+// fence's trap to this handler (README says why `handle SIGTRAP pass` does not do).
 #ifndef REPATCH_ENGINE_INT3_HANDLER_H_
 #define REPATCH_ENGINE_INT3_HANDLER_H_
 
