@@ -26,6 +26,8 @@ const char* handler_name(Handler handler) {
       return "online_gate";
     case Handler::kWxAlias:
       return "wx_alias";
+    case Handler::kTlbDrain:
+      return "tlb_drain";
     case Handler::kCount:
       break;
   }

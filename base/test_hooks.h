@@ -25,6 +25,7 @@ enum class Handler : std::uint8_t {
   kAckTimeout,       ///< "ack_timeout": the primary stops waiting for acknowledgements (H3)
   kOnlineGate,       ///< "online_gate": a vCPU coming online waits for the stop to end (H8)
   kWxAlias,          ///< "wx_alias": writes go through the rw- alias, never an rwx mapping (H11)
+  kTlbDrain,         ///< "tlb_drain": pv to native drains flush-on-resume marks (H10)
   kCount,
 };
 
