@@ -1,5 +1,6 @@
 #include "guest/tlb_group_state.h"
 
+#include "base/fixed_line.h"
 #include "base/test_hooks.h"
 #include "guest/tlb.h"
 #include "guest/tlb_cpu.h"
@@ -8,39 +9,7 @@
 namespace repatch::tlb {
 namespace {
 
-// A bounded string builder for `why`: snprintf is not async-signal-safe.
-class Line {
- public:
-  Line(char* out, std::size_t size) : out_(out), size_(size) {
-    if (size_ > 0) out_[0] = '\0';
-  }
-  Line& text(const char* s) {
-    while (*s != '\0')
-      put(*s++);
-    return *this;
-  }
-  Line& number(std::uint64_t v) {
-    char digits[20];
-    int n = 0;
-    do {
-      digits[n++] = static_cast<char>('0' + v % 10);
-      v /= 10;
-    } while (v != 0);
-    while (n > 0)
-      put(digits[--n]);
-    return *this;
-  }
-
- private:
-  void put(char c) {
-    if (used_ + 1 >= size_) return;  // keep room for the NUL
-    out_[used_++] = c;
-    out_[used_] = '\0';
-  }
-  char* out_;
-  std::size_t size_;
-  std::size_t used_ = 0;
-};
+using Line = text::FixedLine;
 
 // constinit: ready before any constructor runs, so an executor may use it at any time, and no
 // guard variable sits in the way of a signal handler.
@@ -59,9 +28,9 @@ bool TlbGroupState::can_convert(int from, int to, char* why, std::size_t size) n
     if (mark == kNoMark || mark == kFlushOnResume) continue;
     Line(why, size)
         .text("tlb: the flush-on-resume mark of vCPU ")
-        .number(id)
+        .dec(id)
         .text(" holds ")
-        .number(mark)
+        .dec(mark)
         .text(
             ", neither 0 (none) nor 1 (flush on resume), so what that vCPU's TLB owes is "
             "unknown and cannot be carried from '")

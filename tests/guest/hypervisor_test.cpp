@@ -14,22 +14,15 @@
 #include <vector>
 
 #include "sync/vcpu.h"
+#include "tests/support/eventually.h"
 
 namespace repatch::hypervisor {
 namespace {
 
 using namespace std::chrono_literals;
-constexpr auto kPatience = 30s;  // far longer than anything here should take
+using testing::kPatience;
 
-template <typename Done>
-bool eventually(Done done) {
-  const auto deadline = std::chrono::steady_clock::now() + kPatience;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(100us);
-  }
-  return true;
-}
+using testing::eventually;
 
 // A vCPU thread that counts loop iterations until told to stop.
 class Spinner {

@@ -21,22 +21,15 @@
 #include "guest/tlb_group_state.h"
 #include "repatch/engine.h"
 #include "sync/vcpu.h"
+#include "tests/support/eventually.h"
 
 namespace repatch::tlb {
 namespace {
 
 using namespace std::chrono_literals;
-constexpr auto kPatience = 60s;
+using testing::kPatience;
 
-template <typename Done>
-bool eventually(Done done) {
-  const auto deadline = std::chrono::steady_clock::now() + kPatience;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(100us);
-  }
-  return true;
-}
+using testing::eventually;
 
 // What every test does first, on its single thread: boot with the tlb group in `variant`, route
 // NMIs to the TLB, hook the hypervisor's resume path, and start from empty TLBs.
