@@ -46,6 +46,7 @@
 #include "arch/x86/code_store.h"
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/fixed_line.h"
 #include "base/test_hooks.h"
 #include "base/text.h"
 
@@ -114,48 +115,23 @@ int copy_text_into(int fd, std::uintptr_t begin, std::size_t len) {
   return 0;
 }
 
-// Appends the decimal (or, with base 16, 0x-prefixed hex) form of `value` at `out`; returns the
-// end. Async-signal-safe, unlike snprintf.
-char* append_number(char* out, std::uintptr_t value, unsigned base) {
-  char digits[24];  // 2^64 - 1 has 20 decimal digits
-  std::size_t n = 0;
-  do {
-    digits[n++] = "0123456789abcdef"[value % base];
-    value /= base;
-  } while (value != 0);
-  if (base == 16) {
-    *out++ = '0';
-    *out++ = 'x';
-  }
-  while (n > 0) {
-    *out++ = digits[--n];
-  }
-  return out;
-}
-
-char* append_text(char* out, const char* text) {
-  while (*text != '\0') {
-    *out++ = *text++;
-  }
-  return out;
-}
-
 // The forked child cannot get a private copy of a region: its text would keep running the
 // parent's memfd, so every later patch of the parent would change the child's code with no
 // serialisation. Stopping is the only safe outcome; the line on fd 2 says why, since an exit
 // status of 127 alone would look like a failed exec. Async-signal-safe: write(2) and _exit only.
 [[noreturn]] void die_in_child(const Region& r, const char* call, int err) {
   char line[512];  // the literals below bound the line well under this
-  char* p = line;
-  p = append_text(p, "repatch: fork child cannot get a private copy of the patched text [");
-  p = append_number(p, r.begin, 16);
-  p = append_text(p, ", ");
-  p = append_number(p, r.end, 16);
-  p = append_text(p, "): ");
-  p = append_text(p, call);
-  p = append_text(p, " failed, errno ");
-  p = append_number(p, static_cast<std::uintptr_t>(err), 10);
-  p = append_text(p, "; exiting (status 127) rather than run code the parent patches\n");
+  text::FixedLine(line, sizeof line)
+      .text("repatch: fork child cannot get a private copy of the patched text [")
+      .hex(r.begin)
+      .text(", ")
+      .hex(r.end)
+      .text("): ")
+      .text(call)
+      .text(" failed, errno ")
+      .dec(static_cast<std::uint64_t>(err))
+      .text("; exiting (status 127) rather than run code the parent patches\n");
+  const char* p = line + std::strlen(line);
   const char* q = line;
   while (q < p) {
     ssize_t n = ::write(STDERR_FILENO, q, static_cast<std::size_t>(p - q));
