@@ -28,6 +28,12 @@ const char* handler_name(Handler handler) {
       return "wx_alias";
     case Handler::kTlbDrain:
       return "tlb_drain";
+    case Handler::kLockConvert:
+      return "lock_convert";
+    case Handler::kSleeperWake:
+      return "sleeper_wake";
+    case Handler::kStateCheck:
+      return "state_check";
     case Handler::kCount:
       break;
   }

@@ -26,6 +26,9 @@ enum class Handler : std::uint8_t {
   kOnlineGate,       ///< "online_gate": a vCPU coming online waits for the stop to end (H8)
   kWxAlias,          ///< "wx_alias": writes go through the rw- alias, never an rwx mapping (H11)
   kTlbDrain,         ///< "tlb_drain": pv to native drains flush-on-resume marks (H10)
+  kLockConvert,      ///< "lock_convert": live locks are converted to the new encoding (H6)
+  kSleeperWake,      ///< "sleeper_wake": converting a pv lock wakes its sleeping waiters (H6)
+  kStateCheck,       ///< "state_check": a lock that cannot be converted refuses the switch (H6)
   kCount,
 };
 

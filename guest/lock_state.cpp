@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/test_hooks.h"
 #include "guest/lock_registry.h"
 #include "guest/spinlock.h"
 #include "repatch/engine.h"
@@ -21,6 +22,30 @@ namespace {
 // sides sequentially consistent, the constructor sees the new encoding or the walk sees the lock
 // (or both; each conversion step is idempotent).
 std::atomic<int> g_encoding{kNativeVariant};
+
+// One per vCPU slot (guest/lock_state.h, NativeWait).
+NativeWait g_native_waits[sync::kMaxVcpus];
+
+// `old` is a held native word of `lock`: its head ticket holds the lock. When that ticket's owner
+// is a vCPU still waiting for it (an unlock handed the lock over, and the waiter has not read the
+// word since), mark its announcement granted, so that it takes the converted word as held by
+// itself instead of restarting. Before the word's compare-and-swap, which releases the grant to
+// the waiter's acquire load of the new word. Idempotent. A grant whose compare-and-swap then fails
+// stays right: while the granted vCPU waits, nobody else can move head past its ticket, so the
+// word converted in the end serves it too.
+void grant_served_waiter(const SpinLock& lock, std::uint64_t old) {
+  const std::uint64_t waiting = native_wait_value(word::epoch(old), word::head(old));
+  const sync::VcpuId limit = sync::slot_limit();
+  for (sync::VcpuId id = 0; id < limit; ++id) {
+    NativeWait& wait = g_native_waits[id];
+    if (wait.lock.load(std::memory_order_acquire) != &lock) continue;
+    std::uint64_t expected = waiting;
+    // Only the announcement of this very ticket and epoch: another one is not served, and a
+    // granted one is done.
+    wait.ticket.compare_exchange_strong(expected, waiting | kNativeWaitGranted,
+                                        std::memory_order_acq_rel, std::memory_order_relaxed);
+  }
+}
 
 // A bounded, NUL-terminated line built without allocation or stdio (snprintf is not
 // async-signal-safe). Output beyond the buffer is dropped.
@@ -123,6 +148,10 @@ bool convert_one(SpinLock& lock, void* context) {
 
 }  // namespace
 
+NativeWait& native_wait(std::size_t id) {
+  return g_native_waits[id];
+}
+
 const char* lock_state_name(LockState state) {
   switch (state) {
     case LockState::kUnlocked:
@@ -220,6 +249,9 @@ bool convert_lock(SpinLock& lock, int from, int to) noexcept {
   for (;;) {
     if (word::tag(old) != word::tag_of_variant(from)) return false;  // done already, or corrupt
     if (!convert_word(old, to, &next)) return false;
+    if (word::tag(old) == word::kTagNative && word::head(old) != word::tail(old)) {
+      grant_served_waiter(lock, old);
+    }
     // acq_rel: pairs with the acquire loads of waiters, which see the new generation and restart,
     // and with the release of a holder or waiter whose write this CAS replaces. A failure means a
     // waiter changed the word (never under a stop, where nobody runs): convert what it left.
@@ -230,7 +262,10 @@ bool convert_lock(SpinLock& lock, int from, int to) noexcept {
   }
   // Sleepers of the old pv word wait for a kick that a native unlock would never send (H6), and
   // their sleeper count is gone with the old encoding: wake them all, and they restart.
-  if (word::tag(old) == word::kTagPv && word::sleepers(old) != 0) futex_wake_all(w);
+  if (word::tag(old) == word::kTagPv && word::sleepers(old) != 0 &&
+      !test::disabled(test::Handler::kSleeperWake)) {
+    futex_wake_all(w);
+  }
   return true;
 }
 
@@ -243,13 +278,14 @@ bool SpinlockGroupState::can_convert(int from, int to, char* why, std::size_t si
     Line(why, size).text("the spinlock group has variants 0 (native) and 1 (pv) only");
     return false;
   }
-  if (from == to) return true;
+  if (from == to || test::disabled(test::Handler::kStateCheck)) return true;
   Refusal refusal{to, why, size};
   return lock_registry::for_each(check_one, &refusal);
 }
 
 void SpinlockGroupState::convert(int from, int to) noexcept {
   if (!valid_variant(from) || !valid_variant(to) || from == to) return;
+  if (test::disabled(test::Handler::kLockConvert)) return;
   // Before the walk: see g_encoding.
   g_encoding.store(to, std::memory_order_seq_cst);
   Direction direction{from, to};

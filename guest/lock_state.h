@@ -19,6 +19,15 @@
 //
 // The owner vCPU is kept beside the word (SpinLock::owner_), not in it: it is a hint for
 // vcpu_is_preempted(), so it may lag, and a conversion keeps it by not touching it.
+//
+// A native unlock hands the lock over implicitly: `lock incw` makes head the next waiter's ticket,
+// and that waiter holds the lock from then on, before it has seen so. A conversion in between (the
+// waiter parked by the stop after its last read of the word) maps the word to "held", and the
+// waiter, seeing a new generation, must not restart as if it held nothing: nobody would ever
+// release the lock. So a vCPU waiting for a ticket announces it (NativeWait, one per vCPU) before
+// it takes it, and the conversion of a held native word grants the lock to the waiter whose
+// announced ticket the word serves, before it writes the new word; a waiter that sees its word
+// converted checks for the grant and, granted, holds the lock in the new encoding.
 #ifndef REPATCH_GUEST_LOCK_STATE_H_
 #define REPATCH_GUEST_LOCK_STATE_H_
 
@@ -103,6 +112,28 @@ constexpr std::uint64_t unlocked(int variant, std::uint64_t gen) {
 
 }  // namespace word
 
+/// A vCPU's announcement of the native ticket it waits for (see the top of this file). Written by
+/// the vCPU (guest/spinlock.cpp) before each ticket compare-and-swap of a contended lock, cleared
+/// when its native lock op returns; read, and granted, by convert_lock. One wait per vCPU at a
+/// time: spin locks are not taken in NMI handlers.
+struct alignas(64) NativeWait {
+  /// The lock waited for, or null.
+  std::atomic<const SpinLock*> lock{nullptr};
+  /// native_wait_value() of the word's epoch and the ticket, plus kNativeWaitGranted once a
+  /// conversion has made this ticket the holder of the converted word.
+  std::atomic<std::uint64_t> ticket{0};
+};
+
+inline constexpr std::uint64_t kNativeWaitGranted = 1ull << 32;
+
+/// The announcement of ticket `ticket` in a native word whose epoch (word::epoch) is `epoch`.
+constexpr std::uint64_t native_wait_value(std::uint64_t epoch, std::uint64_t ticket) {
+  return epoch | (ticket & word::kLow16);
+}
+
+/// vCPU `id`'s announcement (id below sync::kMaxVcpus). Async-signal-safe.
+NativeWait& native_wait(std::size_t id);
+
 /// What a lock word says, in the encoding its tag names.
 enum class LockState : std::uint8_t {
   kUnlocked,
@@ -130,9 +161,11 @@ bool convert_word(std::uint64_t w, int to, std::uint64_t* out);
 
 /// Converts one lock from variant `from`'s encoding to `to`'s: one compare-and-swap from the word
 /// it read to the converted word, repeated only when a waiter changed the word in between (never
-/// under a stop, where nobody runs). A lock already in `to`'s encoding, or corrupt, is left as it
-/// is. Wakes the lock's sleepers when the old word had any (a native unlock never kicks: H6).
-/// Returns whether this call changed the word. Async-signal-safe.
+/// under a stop, where nobody runs). Before the compare-and-swap of a held native word, grants the
+/// lock to the vCPU whose announced ticket (NativeWait) the word serves, if one still waits for it.
+/// A lock already in `to`'s encoding, or corrupt, is left as it is. Wakes the lock's sleepers when
+/// the old word had any (a native unlock never kicks: H6). Returns whether this call changed the
+/// word. Async-signal-safe.
 bool convert_lock(SpinLock& lock, int from, int to) noexcept;
 
 /// The variant whose encoding new locks start in: the one the last conversion went to.

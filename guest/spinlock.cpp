@@ -3,7 +3,10 @@
 // is converted under it, and no body has a stretch that a conversion could break:
 //  - native lock: the ticket is taken by a compare-and-swap that checks the tag in the same step;
 //    after that the waiter only reads. A holder keeps the lock through a conversion (held maps to
-//    held), and the owner hint it writes lies beside the word.
+//    held), and the owner hint it writes lies beside the word. So does a waiter whose ticket an
+//    unlock served before the conversion, though it has not read the word since: the conversion
+//    grants it the lock through the ticket it announced (NativeWait, guest/lock_state.h), and it
+//    holds the converted word instead of restarting.
 //  - pv lock: every write is a compare-and-swap from a word of the waiter's own generation, so a
 //    waiter stopped between two steps finds the new generation and restarts.
 //  - pv unlock: between its release and its kick, a conversion of the now unlocked word with
@@ -132,16 +135,39 @@ extern "C" {
 
 __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLock* lock) {
   namespace word = repatch::guest::word;
+  using repatch::guest::NativeWait;
   std::atomic<std::uint64_t>& w = lock->word();
+  // Where this vCPU announces the ticket it waits for; non-vCPU threads take locks only while no
+  // switch can run (spinlock.h), so they need none.
+  const repatch::sync::Vcpu* self = repatch::sync::Vcpu::current();
+  NativeWait* const wait = self != nullptr ? &repatch::guest::native_wait(self->id()) : nullptr;
+  // Clears the announcement whichever way this returns.
+  struct Withdraw {
+    NativeWait* wait;
+    ~Withdraw() {
+      if (wait != nullptr) wait->lock.store(nullptr, std::memory_order_relaxed);
+    }
+  } withdraw{nullptr};
   std::uint64_t cur = w.load(std::memory_order_relaxed);
   std::uint64_t next = 0;
   // Take a ticket: tail + 1 (wrapping in its 16 bits), only on a native word.
   do {
     if (word::tag(cur) != word::kTagNative)
       return repatch::guest::restart(lock, cur, "native lock");
+    if (wait != nullptr && word::head(cur) != word::tail(cur)) {
+      // Contended: the ticket will be served by an unlock, possibly while this vCPU is stopped.
+      // Announced before it is taken, so that a conversion of any word that holds the ticket finds
+      // the announcement (the compare-and-swap below releases it). An announcement whose
+      // compare-and-swap fails is harmless: it is granted only if the word serves its ticket, and
+      // a grant is read only after a ticket of that epoch was taken.
+      wait->ticket.store(repatch::guest::native_wait_value(word::epoch(cur), word::tail(cur)),
+                         std::memory_order_relaxed);
+      wait->lock.store(lock, std::memory_order_release);
+      withdraw.wait = wait;
+    }
     next = word::native(word::generation(cur), word::head(cur), word::tail(cur) + 1);
   } while (
-      !w.compare_exchange_weak(cur, next, std::memory_order_acquire, std::memory_order_relaxed));
+      !w.compare_exchange_weak(cur, next, std::memory_order_acq_rel, std::memory_order_relaxed));
   const std::uint64_t ticket = word::tail(cur);
   const std::uint64_t epoch = word::epoch(cur);
   // Acquire: pairs with the previous holder's unlock (a locked RMW, so a release, on its head),
@@ -149,8 +175,18 @@ __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLoc
   while (word::head(cur) != ticket) {
     __builtin_ia32_pause();
     cur = w.load(std::memory_order_acquire);
-    // Converted (tag or generation changed): the ticket belongs to a word that no longer exists.
-    if (word::epoch(cur) != epoch) return repatch::guest::restart(lock, cur, "native lock");
+    if (word::epoch(cur) != epoch) {
+      // Converted (tag or generation changed): the ticket belongs to a word that no longer
+      // exists. Unless an unlock had served it first: then the conversion granted this vCPU the
+      // lock, held in the new word (acquire: pairs with the conversion's compare-and-swap, which
+      // follows its grant).
+      if (wait != nullptr && wait->ticket.load(std::memory_order_acquire) ==
+                                 (repatch::guest::native_wait_value(epoch, ticket) |
+                                  repatch::guest::kNativeWaitGranted)) {
+        break;
+      }
+      return repatch::guest::restart(lock, cur, "native lock");
+    }
   }
   repatch::guest::record_owner(lock);
   return 0;

@@ -19,66 +19,12 @@
 
 #include "guest/lock_state.h"
 #include "repatch/engine.h"
+#include "sync/stop_machine.h"
 #include "sync/vcpu.h"
+#include "tests/guest/spinlock_support.h"
 
 namespace repatch::guest {
 namespace {
-
-using namespace std::chrono_literals;
-
-// Generous: the machine is shared and may be loaded; a test only waits this long when it fails.
-constexpr auto kPatience = 60s;
-
-void boot_in(const char* variant) {
-  Result<Engine*> engine = boot({.initial = {{"spinlock", variant}}});
-  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
-  ASSERT_TRUE(adopt_engine_variant().ok());
-  ASSERT_EQ(current_encoding(), std::string(variant) == "pv" ? kPvVariant : kNativeVariant);
-}
-
-// Waits for `done`, polling; on timeout the test fails and the process exits at once, since
-// threads stuck in a lock could never be joined.
-void await(const std::function<bool()>& done, const char* what) {
-  const auto deadline = std::chrono::steady_clock::now() + kPatience;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ADD_FAILURE() << "timed out waiting until " << what;
-      std::fprintf(stderr, "timed out waiting until %s\n", what);
-      std::fflush(nullptr);
-      std::_Exit(1);
-    }
-    std::this_thread::sleep_for(200us);
-  }
-}
-
-// A thread registered as a vCPU for its whole life.
-class VcpuThread {
- public:
-  explicit VcpuThread(std::function<void(sync::Vcpu&)> body)
-      : thread_([this, body = std::move(body)] {
-          std::unique_ptr<sync::Vcpu> self = sync::Vcpu::enter().value();
-          id_.store(self->id());
-          started_.store(true);
-          body(*self);
-        }) {
-    await([this] { return started_.load(); }, "a vCPU thread started");
-  }
-  ~VcpuThread() { thread_.join(); }
-  sync::VcpuId id() const { return id_.load(); }
-
- private:
-  std::atomic<bool> started_{false};
-  std::atomic<sync::VcpuId> id_{0};
-  std::thread thread_;
-};
-
-char thread_state(pid_t tid) {
-  std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
-  std::string line;
-  std::getline(stat, line);
-  const std::size_t paren = line.rfind(')');
-  return paren != std::string::npos && line.size() > paren + 2 ? line[paren + 2] : '?';
-}
 
 // N vCPUs add to one counter under the lock; per-vCPU tallies must add up to it.
 void run_mutual_exclusion(int vcpus, int iterations) {
@@ -130,33 +76,6 @@ TEST(Spinlock, PvLockExcludesWhenOversubscribed) {
               static_cast<unsigned long long>(spinlock_stats().sleeps.load()),
               static_cast<unsigned long long>(spinlock_stats().kicks.load()));
 }
-
-// Holds `lock` on a vCPU until told to let go.
-struct Holder {
-  std::atomic<bool> holding{false};
-  std::atomic<bool> release{false};
-  std::function<void(sync::Vcpu&)> body(SpinLock& lock) {
-    return [this, &lock](sync::Vcpu&) {
-      spin_lock(&lock);
-      holding.store(true);
-      while (!release.load())
-        std::this_thread::sleep_for(200us);
-      spin_unlock(&lock);
-    };
-  }
-};
-
-// A vCPU that takes `lock` once and reports it.
-struct Waiter {
-  std::atomic<bool> acquired{false};
-  std::function<void(sync::Vcpu&)> body(SpinLock& lock) {
-    return [this, &lock](sync::Vcpu&) {
-      spin_lock(&lock);
-      acquired.store(true);
-      spin_unlock(&lock);
-    };
-  }
-};
 
 TEST(Spinlock, PvWaiterSleepsOfflineAndUnlockKicksIt) {
   boot_in("pv");
@@ -229,6 +148,54 @@ TEST(Spinlock, NativeSpinnerRestartsWhenItsLockIsConverted) {
         "the restarted waiter takes a ticket in the new native word");
   holder.release.store(true);
   await([&] { return waiter.acquired.load(); }, "the waiter has the lock");
+  await([&] { return classify(lock.load_word()) == LockState::kUnlocked; }, "all released");
+}
+
+// A native unlock hands the lock to the next ticket before its waiter has read the word. When the
+// lock is converted in between (the waiter parked by a stop), the converted word is held, and its
+// holder is that waiter: it must take the lock, not restart and leave it held by nobody.
+TEST(Spinlock, NativeWaiterServedJustBeforeAConversionHoldsTheLock) {
+  boot_in("native");
+  SpinLock lock("served-then-converted");
+  spin_lock(&lock);  // ticket 0, on this thread (not a vCPU: no switch runs in this test)
+  Holder waiter;
+  VcpuThread w(waiter.body(lock));
+  await([&] { return classify(lock.load_word()) == LockState::kHeldWithSpinningWaiters; },
+        "the waiter holds ticket 1 and spins");
+  // With the waiter parked: unlock (head now serves ticket 1), then convert to pv.
+  struct ServeThenConvert final : sync::StopWork {
+    SpinLock* lock = nullptr;
+    int check_parked(sync::VcpuId, const void*) noexcept override { return 0; }
+    int run(sync::StopContext&) noexcept override {
+      spin_unlock(lock);
+      spinlock_group_state().convert(kNativeVariant, kPvVariant);
+      return 0;
+    }
+  } work;
+  work.lock = &lock;
+  sync::StopResult result;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    // The work runs only when the waiter acknowledged in time (the machine may be loaded).
+    result = sync::stop_machine(work);
+    if (result.outcome != sync::StopOutcome::kAckTimeout) break;
+  }
+  ASSERT_EQ(result.outcome, sync::StopOutcome::kDone);
+  ASSERT_EQ(result.targets, 1u);
+  EXPECT_EQ(classify(lock.load_word()), LockState::kHeld);
+  const std::uint64_t restarts = spinlock_stats().restarts.load();
+  await(
+      [&] { return waiter.holding.load() || spinlock_stats().restarts.load() >= restarts + 1000; },
+      "the waiter holds the lock or keeps restarting");
+  if (!waiter.holding.load()) {
+    // It restarts for ever on a word held by nobody, and could never be joined.
+    ADD_FAILURE() << "the served waiter restarted; the converted lock 0x" << std::hex
+                  << lock.load_word() << " is held by nobody";
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  // Back to native, the encoding its unlock site (never switched here) releases.
+  spinlock_group_state().convert(kPvVariant, kNativeVariant);
+  waiter.release.store(true);
   await([&] { return classify(lock.load_word()) == LockState::kUnlocked; }, "all released");
 }
 
