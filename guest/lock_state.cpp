@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/fixed_line.h"
 #include "base/test_hooks.h"
 #include "guest/lock_registry.h"
 #include "guest/spinlock.h"
@@ -47,52 +48,7 @@ void grant_served_waiter(const SpinLock& lock, std::uint64_t old) {
   }
 }
 
-// A bounded, NUL-terminated line built without allocation or stdio (snprintf is not
-// async-signal-safe). Output beyond the buffer is dropped.
-class Line {
- public:
-  Line(char* out, std::size_t size) : p_(out), end_(size == 0 ? out : out + size - 1) {
-    if (size != 0) *p_ = '\0';
-  }
-  Line& text(const char* s) {
-    while (s != nullptr && *s != '\0' && p_ < end_)
-      *p_++ = *s++;
-    terminate();
-    return *this;
-  }
-  Line& hex(std::uint64_t value) {
-    char digits[16];
-    int n = 0;
-    do {
-      digits[n++] = "0123456789abcdef"[value & 0xf];
-      value >>= 4;
-    } while (value != 0);
-    text("0x");
-    while (n > 0 && p_ < end_)
-      *p_++ = digits[--n];
-    terminate();
-    return *this;
-  }
-  Line& dec(std::uint64_t value) {
-    char digits[20];
-    int n = 0;
-    do {
-      digits[n++] = static_cast<char>('0' + value % 10);
-      value /= 10;
-    } while (value != 0);
-    while (n > 0 && p_ < end_)
-      *p_++ = digits[--n];
-    terminate();
-    return *this;
-  }
-
- private:
-  void terminate() {
-    if (p_ <= end_) *p_ = '\0';
-  }
-  char* p_;
-  char* end_;
-};
+using Line = text::FixedLine;
 
 bool valid_variant(int v) {
   return v == kNativeVariant || v == kPvVariant;
