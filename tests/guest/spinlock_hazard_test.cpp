@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "guest/hypervisor.h"
 #include "guest/lock_state.h"
 #include "guest/spinlock.h"
 #include "repatch/engine.h"
@@ -32,12 +33,14 @@ void flip(Engine* engine, const char* variant) {
   EXPECT_EQ(engine->current_variant("spinlock").value(), variant);
 }
 
-// vCPUs hammer a few locks, each guarding a counter, while the group switches back and forth:
+// vCPUs hammer a few locks, each guarding a counter, while the group switches back and forth
+// thousands of times and the simulated hypervisor preempts them at random (from a fixed seed):
 // held locks, spinning waiters and (in pv) sleeping ones are all converted, and nobody ever runs
 // one encoding's code on the other's word. Mutual exclusion and no lost update must hold.
 TEST(Hazard, LockStateConverted) {
   Engine* engine = boot_with_state("native");
   ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(hypervisor::install().ok());
   constexpr int kVcpus = 2;
   constexpr int kLocks = 3;
   struct Guarded {
@@ -68,7 +71,13 @@ TEST(Hazard, LockStateConverted) {
         }
       }));
     }
-    for (int i = 0; i < 300 && !overlap.load(); ++i) {
+    std::vector<sync::VcpuId> ids;
+    for (const auto& v : vcpus)
+      ids.push_back(v->id());
+    hypervisor::Preemptor preemptor(hypervisor::schedule(
+        0x10c4, ids, 1000000,
+        {.min_gap = 200us, .max_gap = 2ms, .min_duration = 50us, .max_duration = 1ms}));
+    for (int i = 0; i < 2000 && !overlap.load(); ++i) {
       const char* variant = i % 2 == 0 ? "pv" : "native";
       flip(engine, variant);
       // After every commit each lock is in the encoding of the code its sites now hold.
@@ -82,6 +91,8 @@ TEST(Hazard, LockStateConverted) {
       }
       if (wrong_encoding) break;
     }
+    preemptor.stop();
+    EXPECT_GT(preemptor.played(), 0u) << "no vCPU was ever preempted";
     stop.store(true);
     // Joining waits for every vCPU to finish its last acquisition: a vCPU stranded on a lock that
     // was not converted keeps the test from ending, which ctest's timeout turns into a failure.
@@ -94,7 +105,7 @@ TEST(Hazard, LockStateConverted) {
     counted += g->counter;
   EXPECT_FALSE(overlap.load()) << "two vCPUs were inside one lock at once";
   EXPECT_EQ(counted, sum) << "an update was lost";
-  EXPECT_GT(sum, 300u);
+  EXPECT_GT(sum, 2000u);
   for (const auto& g : guarded)
     EXPECT_EQ(classify(g->lock.load_word()), LockState::kUnlocked);
   EXPECT_TRUE(engine->verify_sites().ok());
