@@ -4,10 +4,12 @@
 // The protocol (docs/switch-protocol.md has the reasoning):
 //   first step:  fence  - every site's first byte goes from its old value to INT3;
 //   second step: decide - one compare-and-swap of `direction` from undecided to forward (nobody is
-//                         inside an op of the groups) or backward (somebody is, or a vCPU did not
-//                         serialise): the first executor to decide wins and everyone follows;
-//   third step:  forward: tails (every byte after the first, old to new), then heads (INT3 to the
-//                new first byte); backward: unfence (INT3 back to the old first byte).
+//                         inside an op of the groups, and every group's state can be converted)
+//                         or backward (otherwise, or an NMI begun before the fence outlasted its
+//                         deadline): the first executor to decide wins and everyone follows;
+//   third step:  forward: convert the groups' state (GroupState, idempotent), then tails (every
+//                byte after the first), then heads (INT3 to the new first byte); backward:
+//                unfence (INT3 back to the old first byte).
 // The fence and unfence are compare-and-swaps of one byte from the value they expect to the next
 // one, so a replay that comes late finds the byte already moved on and does nothing. A site's first
 // byte always differs between its old and new image (planning alternates the padding prefix), so
