@@ -26,7 +26,6 @@ namespace {
 
 using std::memory_order_acquire;
 using std::memory_order_relaxed;
-using std::memory_order_release;
 
 // Pause iterations a pv waiter spins before it sleeps (about 100-300 µs: one pause is 40-140
 // cycles depending on the core). Longer than a typical critical section, shorter than a

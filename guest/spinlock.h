@@ -86,7 +86,7 @@ SpinlockStats& spinlock_stats();
 /// again.
 [[gnu::always_inline]] inline void spin_lock(SpinLock* lock) {
   std::uint32_t restart;
-  do {
+  do {  // NOLINT(bugprone-infinite-loop): the site's asm writes `restart` (its %eax output)
     REPATCH_SITE(spinlock_lock, ("=a"(restart)), "D"(lock));
   } while (restart != 0);
 }
