@@ -25,7 +25,7 @@ namespace {
 std::atomic<int> g_encoding{kNativeVariant};
 
 // One per vCPU slot (guest/lock_state.h, NativeWait).
-NativeWait g_native_waits[sync::kMaxVcpus];
+NativeWait g_native_waits[sync::kMaxVcpus][2];
 
 // `old` is a held native word of `lock`: its head ticket holds the lock. When that ticket's owner
 // is a vCPU still waiting for it (an unlock handed the lock over, and the waiter has not read the
@@ -38,13 +38,14 @@ void grant_served_waiter(const SpinLock& lock, std::uint64_t old) {
   const std::uint64_t waiting = native_wait_value(word::epoch(old), word::head(old));
   const sync::VcpuId limit = sync::slot_limit();
   for (sync::VcpuId id = 0; id < limit; ++id) {
-    NativeWait& wait = g_native_waits[id];
-    if (wait.lock.load(std::memory_order_acquire) != &lock) continue;
-    std::uint64_t expected = waiting;
-    // Only the announcement of this very ticket and epoch: another one is not served, and a
-    // granted one is done.
-    wait.ticket.compare_exchange_strong(expected, waiting | kNativeWaitGranted,
-                                        std::memory_order_acq_rel, std::memory_order_relaxed);
+    for (NativeWait& wait : g_native_waits[id]) {
+      if (wait.lock.load(std::memory_order_acquire) != &lock) continue;
+      std::uint64_t expected = waiting;
+      // Only the announcement of this very ticket and epoch: another one is not served, and a
+      // granted one is done.
+      wait.ticket.compare_exchange_strong(expected, waiting | kNativeWaitGranted,
+                                          std::memory_order_acq_rel, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -104,8 +105,8 @@ bool convert_one(SpinLock& lock, void* context) {
 
 }  // namespace
 
-NativeWait& native_wait(std::size_t id) {
-  return g_native_waits[id];
+NativeWait& native_wait(std::size_t id, bool in_nmi) {
+  return g_native_waits[id][in_nmi ? 1 : 0];
 }
 
 const char* lock_state_name(LockState state) {

@@ -114,8 +114,10 @@ constexpr std::uint64_t unlocked(int variant, std::uint64_t gen) {
 
 /// A vCPU's announcement of the native ticket it waits for (see the top of this file). Written by
 /// the vCPU (guest/spinlock.cpp) before each ticket compare-and-swap of a contended lock, cleared
-/// when its native lock op returns; read, and granted, by convert_lock. One wait per vCPU at a
-/// time: spin locks are not taken in NMI handlers.
+/// when its native lock op returns; read, and granted, by convert_lock. Two per vCPU: one for its
+/// normal context and one for its NMI handler, which may interrupt a wait of the first (NMIs do
+/// not nest). An NMI handler may take a lock of the group that its own vCPU's normal context never
+/// holds; one its vCPU may hold would deadlock, as it would in a kernel.
 struct alignas(64) NativeWait {
   /// The lock waited for, or null.
   std::atomic<const SpinLock*> lock{nullptr};
@@ -131,8 +133,9 @@ constexpr std::uint64_t native_wait_value(std::uint64_t epoch, std::uint64_t tic
   return epoch | (ticket & word::kLow16);
 }
 
-/// vCPU `id`'s announcement (id below sync::kMaxVcpus). Async-signal-safe.
-NativeWait& native_wait(std::size_t id);
+/// vCPU `id`'s announcement (id below sync::kMaxVcpus) for its normal context or, with `in_nmi`,
+/// its NMI handler. Async-signal-safe.
+NativeWait& native_wait(std::size_t id, bool in_nmi);
 
 /// What a lock word says, in the encoding its tag names.
 enum class LockState : std::uint8_t {

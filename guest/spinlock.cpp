@@ -139,7 +139,11 @@ __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLoc
   // Where this vCPU announces the ticket it waits for; non-vCPU threads take locks only while no
   // switch can run (spinlock.h), so they need none.
   const repatch::sync::Vcpu* self = repatch::sync::Vcpu::current();
-  NativeWait* const wait = self != nullptr ? &repatch::guest::native_wait(self->id()) : nullptr;
+  NativeWait* const wait =
+      self != nullptr
+          ? &repatch::guest::native_wait(
+                self->id(), repatch::sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed))
+          : nullptr;
   // Clears the announcement whichever way this returns.
   struct Withdraw {
     NativeWait* wait;
@@ -204,6 +208,11 @@ __attribute__((used)) std::uint32_t spinlock_pv_lock(repatch::guest::SpinLock* l
   // After a sleep: the `kicked` flag to clear with the first write, since the kick (if there was
   // one) has arrived. Clearing it when another sleeper was the one kicked costs one extra kick.
   std::uint64_t kicked_off = 0;
+  // An NMI handler never sleeps: it cannot go offline or block in a futex on top of whatever its
+  // vCPU was doing. It spins until the lock is free, as an NMI-context waiter must.
+  const repatch::sync::Vcpu* self = repatch::sync::Vcpu::current();
+  const bool may_sleep =
+      self == nullptr || !repatch::sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);
   for (;;) {
     // Spin: take the lock when it is free, else count in as a spinner and watch it.
     bool owner_preempted = false;
@@ -228,8 +237,8 @@ __attribute__((used)) std::uint32_t spinlock_pv_lock(repatch::guest::SpinLock* l
         counted = word::kSpinnerOne;
         kicked_off = 0;
       }
-      if (spins >= repatch::guest::kPvSpinBudget) break;
-      if (spins % repatch::guest::kPreemptCheckEvery == 0 &&
+      if (may_sleep && spins >= repatch::guest::kPvSpinBudget) break;
+      if (may_sleep && spins % repatch::guest::kPreemptCheckEvery == 0 &&
           repatch::guest::owner_preempted(lock)) {
         owner_preempted = true;  // spinning cannot end before the owner runs again
         break;

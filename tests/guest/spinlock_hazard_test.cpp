@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "guest/hypervisor.h"
@@ -33,14 +34,37 @@ void flip(Engine* engine, const char* variant) {
   EXPECT_EQ(engine->current_variant("spinlock").value(), variant);
 }
 
+// A lock only NMI handlers take (one their own vCPU's normal context may hold would deadlock).
+struct NmiCounter {
+  SpinLock* lock = nullptr;
+  std::uint64_t counter = 0;
+  std::atomic<int> inside{0};
+  std::atomic<bool> overlap{false};
+  std::atomic<std::uint64_t> runs{0};
+};
+NmiCounter g_nmi;
+
+void nmi_takes_a_lock(sync::VcpuId, void*) {
+  spin_lock(g_nmi.lock);
+  if (g_nmi.inside.fetch_add(1, std::memory_order_relaxed) != 0) g_nmi.overlap.store(true);
+  ++g_nmi.counter;
+  g_nmi.inside.fetch_sub(1, std::memory_order_relaxed);
+  spin_unlock(g_nmi.lock);
+  g_nmi.runs.fetch_add(1, std::memory_order_relaxed);
+}
+
 // vCPUs hammer a few locks, each guarding a counter, while the group switches back and forth
-// thousands of times and the simulated hypervisor preempts them at random (from a fixed seed):
+// thousands of times, the simulated hypervisor preempts them at random (from a fixed seed), and
+// NMIs whose handler takes a lock of the group arrive on every vCPU:
 // held locks, spinning waiters and (in pv) sleeping ones are all converted, and nobody ever runs
 // one encoding's code on the other's word. Mutual exclusion and no lost update must hold.
 TEST(Hazard, LockStateConverted) {
   Engine* engine = boot_with_state("native");
   ASSERT_NE(engine, nullptr);
   ASSERT_TRUE(hypervisor::install().ok());
+  SpinLock nmi_lock("taken-in-nmi");
+  g_nmi.lock = &nmi_lock;
+  sync::set_nmi_handler(&nmi_takes_a_lock);
   constexpr int kVcpus = 2;
   constexpr int kLocks = 3;
   struct Guarded {
@@ -77,6 +101,14 @@ TEST(Hazard, LockStateConverted) {
     hypervisor::Preemptor preemptor(hypervisor::schedule(
         0x10c4, ids, 1000000,
         {.min_gap = 200us, .max_gap = 2ms, .min_duration = 50us, .max_duration = 1ms}));
+    std::atomic<bool> stop_nmis{false};
+    std::thread nmis([&] {  // not a vCPU
+      while (!stop_nmis.load(std::memory_order_relaxed)) {
+        for (const sync::VcpuId id : ids)
+          sync::send_nmi(id);
+        std::this_thread::sleep_for(200us);
+      }
+    });
     for (int i = 0; i < 2000 && !overlap.load(); ++i) {
       const char* variant = i % 2 == 0 ? "pv" : "native";
       flip(engine, variant);
@@ -92,6 +124,8 @@ TEST(Hazard, LockStateConverted) {
       if (wrong_encoding) break;
     }
     preemptor.stop();
+    stop_nmis.store(true);
+    nmis.join();
     EXPECT_GT(preemptor.played(), 0u) << "no vCPU was ever preempted";
     stop.store(true);
     // Joining waits for every vCPU to finish its last acquisition: a vCPU stranded on a lock that
@@ -106,6 +140,11 @@ TEST(Hazard, LockStateConverted) {
   EXPECT_FALSE(overlap.load()) << "two vCPUs were inside one lock at once";
   EXPECT_EQ(counted, sum) << "an update was lost";
   EXPECT_GT(sum, 2000u);
+  sync::set_nmi_handler(nullptr);
+  EXPECT_GT(g_nmi.runs.load(), 0u) << "no NMI ever ran";
+  EXPECT_FALSE(g_nmi.overlap.load()) << "two NMI handlers were inside the NMI lock at once";
+  EXPECT_EQ(g_nmi.counter, g_nmi.runs.load()) << "an NMI handler's update was lost";
+  EXPECT_EQ(classify(nmi_lock.load_word()), LockState::kUnlocked);
   for (const auto& g : guarded)
     EXPECT_EQ(classify(g->lock.load_word()), LockState::kUnlocked);
   EXPECT_TRUE(engine->verify_sites().ok());
