@@ -39,6 +39,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/stats.h"
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
 #include "guest/spinlock.h"
@@ -46,6 +47,8 @@
 #include "sync/vcpu.h"
 
 namespace {
+
+using repatch::bench::median;
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -362,13 +365,6 @@ BENCHMARK_CAPTURE(BM_Lock, tas, Kind::kTas)->Apply(rows);
 
 // ---- the summary --------------------------------------------------------------------------------
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
-}
-
 const char* verdict(bool met) {
   return met ? "met" : "MISSED";
 }
@@ -462,7 +458,6 @@ bool boot() {
 int main(int argc, char** argv) {
   // Before benchmark::Initialize and before any thread exists.
   if (!boot()) return 1;
-  bool console = true;
   int kept = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -478,17 +473,8 @@ int main(int argc, char** argv) {
       g_pin = true;
       continue;
     }
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
     argv[kept++] = argv[i];
   }
   argc = kept;
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  std::fflush(stdout);
-  print_summary(console ? stdout : stderr);
-  benchmark::Shutdown();
-  return 0;
+  return repatch::bench::run_benchmarks(argc, argv, &print_summary);
 }

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "bench/guest_threads.h"
+#include "bench/stats.h"
 #include "guest/hypervisor.h"
 #include "guest/tlb.h"
 #include "guest/tlb_group_state.h"
@@ -43,6 +44,8 @@
 #include "sync/vcpu.h"
 
 namespace {
+
+using repatch::bench::percentile_of_sorted;
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -56,14 +59,6 @@ constexpr auto kPark = 1ms;                 // a preempted target's park, from t
 constexpr auto kBetween = 200us;            // untimed, between shootdowns: targets refill TLBs
 
 // ---- statistics ---------------------------------------------------------------------------------
-
-double percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return 0.0;
-  const double rank = q * static_cast<double>(sorted.size() - 1);
-  const auto lo = static_cast<std::size_t>(rank);
-  const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - static_cast<double>(lo));
-}
 
 struct RowKey {
   std::string variant;
@@ -224,8 +219,8 @@ void BM_Shootdown(benchmark::State& state, const char* variant) {
                              row.latency_us.end());
   std::sort(sorted.begin(), sorted.end());
   const double n = static_cast<double>(sorted.size());
-  state.counters["med_us"] = percentile(sorted, 0.5);
-  state.counters["p99_us"] = percentile(sorted, 0.99);
+  state.counters["med_us"] = percentile_of_sorted(sorted, 0.5);
+  state.counters["p99_us"] = percentile_of_sorted(sorted, 0.99);
   state.counters["max_us"] = sorted.empty() ? 0.0 : sorted.back();
   state.counters["waited"] = static_cast<double>(row.waited - waited_before) / n;
   state.counters["marked"] = static_cast<double>(row.marked - marked_before) / n;
@@ -261,8 +256,9 @@ void print_summary(std::FILE* out) {
     std::sort(sorted.begin(), sorted.end());
     const double n = static_cast<double>(sorted.size());
     std::fprintf(out, "%-7s %8d %10d %6zu %10.1f %10.1f %10.1f %8.2f %8.2f\n", key.variant.c_str(),
-                 key.targets, key.preempted ? 1 : 0, sorted.size(), percentile(sorted, 0.5),
-                 percentile(sorted, 0.99), sorted.back(), static_cast<double>(data.waited) / n,
+                 key.targets, key.preempted ? 1 : 0, sorted.size(),
+                 percentile_of_sorted(sorted, 0.5), percentile_of_sorted(sorted, 0.99),
+                 sorted.back(), static_cast<double>(data.waited) / n,
                  static_cast<double>(data.marked) / n);
   }
 }
@@ -295,18 +291,5 @@ bool boot() {
 int main(int argc, char** argv) {
   // Before benchmark::Initialize and before any thread exists.
   if (!boot()) return 1;
-  bool console = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  std::fflush(stdout);
-  print_summary(console ? stdout : stderr);
-  benchmark::Shutdown();
-  return 0;
+  return repatch::bench::run_benchmarks(argc, argv, &print_summary);
 }

@@ -33,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/stats.h"
 #include "repatch/engine.h"
 #include "repatch/op.h"
 
@@ -296,13 +297,7 @@ void run_case(benchmark::State& state, LoopFn loop) {
 // Linear interpolation between closest ranks. Over R repetitions this is a percentile of
 // per-repetition means, not of single ops (a sub-nanosecond op cannot be timed alone).
 double p99(const std::vector<double>& v) {
-  if (v.empty()) return 0.0;
-  std::vector<double> s(v);
-  std::sort(s.begin(), s.end());
-  const double rank = 0.99 * static_cast<double>(s.size() - 1);
-  const auto lo = static_cast<std::size_t>(std::floor(rank));
-  const std::size_t hi = std::min(lo + 1, s.size() - 1);
-  return s[lo] + (s[hi] - s[lo]) * (rank - static_cast<double>(lo));
+  return repatch::bench::percentile(v, 0.99);
 }
 
 // The smallest per-repetition mean: the repetition that shared the core least. On a shared

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bench/guest_threads.h"
+#include "bench/stats.h"
 #include "sync/stop_machine.h"
 #include "sync/vcpu.h"
 
@@ -28,9 +29,7 @@ class OneSyncRound : public StopWork {
 };
 
 double p99(const std::vector<double>& v) {
-  std::vector<double> sorted = v;
-  std::sort(sorted.begin(), sorted.end());
-  return sorted[static_cast<std::size_t>(0.99 * static_cast<double>(sorted.size() - 1))];
+  return repatch::bench::percentile(v, 0.99);
 }
 
 // Args: vCPU threads besides the primary, pause iterations before a parked vCPU sleeps, and

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "bench/guest_threads.h"
+#include "bench/stats.h"
 #include "repatch/engine.h"
 #include "repatch/op.h"
 #include "sync/vcpu.h"
@@ -42,6 +43,8 @@ constexpr unsigned kValueOne = 1;
 constexpr unsigned kValueTwo = 2;
 
 namespace {
+
+using repatch::bench::percentile_of_sorted;
 using SiteFn = unsigned (*)();
 }  // namespace
 
@@ -110,15 +113,6 @@ unsigned value_of(std::string_view variant) {
 }
 
 // ---- statistics ---------------------------------------------------------------------------------
-
-// Linear interpolation between closest ranks of an already sorted sample.
-double percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return 0.0;
-  const double rank = q * static_cast<double>(sorted.size() - 1);
-  const auto lo = static_cast<std::size_t>(rank);
-  const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - static_cast<double>(lo));
-}
 
 // Every timed switch of every row, kept for the summary at the end (Google Benchmark's own
 // aggregates are over repetitions, and here one repetition holds all the switches of a row).
@@ -280,10 +274,10 @@ void BM_SwitchBlackout(benchmark::State& state, SwitchWriter writer) {
   row.retries += retries;
   std::sort(blackout_us.begin(), blackout_us.end());
   std::sort(elapsed_us.begin(), elapsed_us.end());
-  state.counters["med_us"] = percentile(blackout_us, 0.5);
-  state.counters["p99_us"] = percentile(blackout_us, 0.99);
+  state.counters["med_us"] = percentile_of_sorted(blackout_us, 0.5);
+  state.counters["p99_us"] = percentile_of_sorted(blackout_us, 0.99);
   state.counters["max_us"] = blackout_us.empty() ? 0.0 : blackout_us.back();
-  state.counters["call_med_us"] = percentile(elapsed_us, 0.5);
+  state.counters["call_med_us"] = percentile_of_sorted(elapsed_us, 0.5);
   state.counters["retries"] = static_cast<double>(retries);
   state.counters["int3"] = static_cast<double>(int3);
   state.counters["nmi"] = static_cast<double>(nmi);
@@ -337,8 +331,8 @@ void print_summary(std::FILE* out) {
     }
     std::vector<double> sorted = data.blackout_us;
     std::sort(sorted.begin(), sorted.end());
-    const double median = percentile(sorted, 0.5);
-    const double p99 = percentile(sorted, 0.99);
+    const double median = percentile_of_sorted(sorted, 0.5);
+    const double p99 = percentile_of_sorted(sorted, 0.99);
     medians[{key.writer, key.vcpus}][key.sites] = median;
     std::fprintf(out, "%-6s %6d %6zu %6zu %10.1f %10.1f %10.1f %8llu  %s\n",
                  writer_label(key.writer), key.vcpus, key.sites, sorted.size(), median, p99,
@@ -405,19 +399,5 @@ bool boot_and_check() {
 int main(int argc, char** argv) {
   // Before benchmark::Initialize and before any thread exists.
   if (!boot_and_check()) return 1;
-  bool console = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  std::fflush(stdout);
-  // With another format on stdout, the summary goes to stderr so as not to break it.
-  print_summary(console ? stdout : stderr);
-  benchmark::Shutdown();
-  return 0;
+  return repatch::bench::run_benchmarks(argc, argv, &print_summary);
 }

@@ -229,12 +229,12 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
                                    const std::vector<GroupChoice>& choices,
                                    SwitchWriter requested) {
   bool interchangeable = true;
-  std::string stubborn;
+  std::string not_interchangeable;
   for (const GroupChoice& choice : choices) {
     const engine::GroupIndex g = impl.catalog.find_group(choice.group).value();
     if ((impl.catalog.group(g).desc->flags & abi::kGroupInterchangeable) == 0) {
       interchangeable = false;
-      stubborn = choice.group;
+      not_interchangeable = choice.group;
     }
   }
   if (requested == SwitchWriter::kAuto) {
@@ -243,7 +243,7 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
   if (requested == SwitchWriter::kBatch && !interchangeable) {
     return Error(
         ErrorCode::kUnsupported,
-        "group '" + stubborn +
+        "group '" + not_interchangeable +
             "' is not interchangeable (abi::kGroupInterchangeable), so "
             "its variants may not run side by side: switch it with SwitchWriter::kStopMachine");
   }
