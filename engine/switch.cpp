@@ -158,6 +158,12 @@ Result<engine::SitePlan> plan_site(const Engine::Impl& impl, engine::SiteEntry& 
   Result<x86::Image> from =
       engine::site_image(catalog, impl.table, entry, entry.variant(), entry.alt_pad());
   if (!from.ok()) return from.error();
+  // Compare-before-write (DESIGN): the site must hold its current image. The message is built by
+  // check_site_holds_current only when it does not.
+  if (std::memcmp(reinterpret_cast<const void*>(address),  // NOLINT(performance-no-int-to-ptr)
+                  from.value().bytes.data(), from.value().length) != 0) {
+    return engine::check_site_holds_current(catalog, impl.table, entry).error();
+  }
   for (const bool alt : {!entry.alt_pad(), entry.alt_pad()}) {
     Result<x86::Image> image = engine::site_image(catalog, impl.table, entry, to, alt);
     if (!image.ok()) return image.error();
@@ -211,9 +217,6 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
           {state, from == engine::kIndirect ? 0 : from, static_cast<int>(plan.target[g])});
     }
     for (engine::SiteEntry& entry : impl.table.group_sites(g)) {
-      if (Status s = engine::check_site_holds_current(catalog, impl.table, entry); !s.ok()) {
-        return s.error();
-      }
       Result<engine::SitePlan> site = plan_site(impl, entry, plan.target[g]);
       if (!site.ok()) return site.error();
       plan.sites.push_back(site.value());
