@@ -41,8 +41,7 @@ std::uint32_t* futex_word(SpinLock* lock) {
   return reinterpret_cast<std::uint32_t*>(&lock->word()) + 1;
 }
 
-void record_owner(SpinLock* lock) {
-  const sync::Vcpu* self = sync::Vcpu::current();
+void record_owner(SpinLock* lock, const sync::Vcpu* self) {
   // Relaxed: a hint (see SpinLock::owner()).
   lock->owner().store(self != nullptr ? self->id() + 1u : 0u, memory_order_relaxed);
 }
@@ -136,14 +135,11 @@ __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLoc
   namespace word = repatch::guest::word;
   using repatch::guest::NativeWait;
   std::atomic<std::uint64_t>& w = lock->word();
-  // Where this vCPU announces the ticket it waits for; non-vCPU threads take locks only while no
-  // switch can run (spinlock.h), so they need none.
   const repatch::sync::Vcpu* self = repatch::sync::Vcpu::current();
-  NativeWait* const wait =
-      self != nullptr
-          ? &repatch::guest::native_wait(
-                self->id(), repatch::sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed))
-          : nullptr;
+  // Where this vCPU announces the ticket it waits for, looked up only once the lock is seen
+  // contended, so that an uncontended acquisition makes no further call. Non-vCPU threads take
+  // locks only while no switch can run (spinlock.h), so they need none.
+  NativeWait* wait = nullptr;
   // Clears the announcement whichever way this returns.
   struct Withdraw {
     NativeWait* wait;
@@ -157,7 +153,11 @@ __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLoc
   do {
     if (word::tag(cur) != word::kTagNative)
       return repatch::guest::restart(lock, cur, "native lock");
-    if (wait != nullptr && word::head(cur) != word::tail(cur)) {
+    if (self != nullptr && word::head(cur) != word::tail(cur)) {
+      if (wait == nullptr) {
+        wait = &repatch::guest::native_wait(
+            self->id(), repatch::sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed));
+      }
       // Contended: the ticket will be served by an unlock, possibly while this vCPU is stopped.
       // Announced before it is taken, so that a conversion of any word that holds the ticket finds
       // the announcement (the compare-and-swap below releases it). An announcement whose
@@ -191,7 +191,9 @@ __attribute__((used)) std::uint32_t spinlock_native_lock(repatch::guest::SpinLoc
       return repatch::guest::restart(lock, cur, "native lock");
     }
   }
-  repatch::guest::record_owner(lock);
+  // No owner hint: only pv waiters read it, and writing it here would move the word's line once
+  // more on every handoff (the waiter took the lock by reading). A conversion to pv leaves the
+  // hint stale, which costs a pv waiter only a wrong spin-or-sleep guess.
   return 0;
 }
 
@@ -222,7 +224,7 @@ __attribute__((used)) std::uint32_t spinlock_pv_lock(repatch::guest::SpinLock* l
         // Acquire: pairs with the release of the unlock that cleared `locked`.
         if (w.compare_exchange_weak(cur, ((cur - counted) & ~kicked_off) | word::kPvLocked,
                                     std::memory_order_acquire, std::memory_order_relaxed)) {
-          repatch::guest::record_owner(lock);
+          repatch::guest::record_owner(lock, self);
           return 0;
         }
         continue;
