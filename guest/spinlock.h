@@ -53,9 +53,9 @@ class SpinLock {
 
   /// The word itself. Ops and lock_state use it; tests craft states through it.
   std::atomic<std::uint64_t>& word() { return word_; }
-  /// The vCPU id + 1 of the last holder, 0 when unknown: a hint for vcpu_is_preempted, written
-  /// by the holder after it acquires (relaxed: a stale owner only costs a wrong spin-or-sleep
-  /// guess).
+  /// The vCPU id + 1 of the last pv holder, 0 when unknown: a hint for vcpu_is_preempted, written
+  /// by a pv holder after it acquires (relaxed: a stale owner only costs a wrong spin-or-sleep
+  /// guess; the native lock leaves it alone, see spinlock.cpp).
   std::atomic<std::uint32_t>& owner() { return owner_; }
 
  private:
