@@ -10,6 +10,7 @@ REPATCH_PACKAGES=(
   libzydis-dev liburcu-dev libboost-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   valgrind
+  python3 gnuplot-nox  # bench/run-all: the tables (bench/report.py) and the plots
 )
 
 repatch_install_missing() {

@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""Turns the JSON files of one bench/run-all run into tables and plots.
+
+Reads <results>/<program>.json (Google Benchmark's --benchmark_out format) for every program that
+ran, writes one markdown table per comparison, each with ratios against the baseline named in its
+heading, and draws the plots with gnuplot as SVG into <results>. The markdown goes to --markdown,
+or replaces the generated block of --readme (between the two markers below; inserted after the
+first heading when the file has none).
+
+Statistics: a row's median and p99 are those the program computed over the row's own samples (a
+repetition's switches or shootdowns), or, for programs that time one sample per repetition, the
+median and p99 over the repetitions. Every table says which.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+BEGIN = "<!-- bench/run-all: generated, begin -->"
+END = "<!-- bench/run-all: generated, end -->"
+
+
+class ReportError(Exception):
+    pass
+
+
+def load(results, program):
+    path = os.path.join(results, program + ".json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: not a Google Benchmark JSON file ({e})") from e
+    if "benchmarks" not in data:
+        raise ReportError(f"{path}: no 'benchmarks' list: was it written by --benchmark_out?")
+    return data
+
+
+def parse_name(run_name):
+    """'BM_X/stop/vcpus:2/sites:10/iterations:200/manual_time' -> ('stop', {'vcpus': 2, ...})."""
+    parts = run_name.split("/")[1:]
+    label = None
+    args = {}
+    for p in parts:
+        if ":" in p:
+            key, value = p.split(":", 1)
+            if key in ("iterations", "repeats", "threads", "min_time"):
+                continue
+            try:
+                args[key] = int(value)
+            except ValueError:
+                args[key] = value
+        elif p not in ("manual_time", "real_time", "process_time"):
+            label = p
+    return label, args
+
+
+def iterations(data):
+    """The per-repetition entries (not aggregates) and any that reported an error."""
+    rows, errors = [], []
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration":
+            continue
+        if b.get("error_occurred"):
+            errors.append(f"{b['name']}: {b.get('error_message', 'error')}")
+            continue
+        rows.append(b)
+    return rows, errors
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    rank = q * (len(s) - 1)
+    lo = int(math.floor(rank))
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (rank - lo)
+
+
+def fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return "–"
+    return f"{a / b:.3g}×"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---- one section per program --------------------------------------------------------------------
+
+def site_cost(data):
+    medians, p99s = {}, {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            continue
+        scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        if b.get("aggregate_name") == "median":
+            medians[b["run_name"]] = b["real_time"] * scale
+        elif b.get("aggregate_name") == "p99":
+            p99s[b["run_name"]] = b["real_time"] * scale
+    if not medians:
+        raise ReportError("site_cost.json has no median aggregates: run it with repetitions")
+    # Each case against the hand-written code it replaces (bench/site_cost.cpp, kCases).
+    baseline = {"a": "e", "b": "e", "c": "d", "d": "d", "e": "e", "f": "g", "g": "g"}
+    by_letter = {name[0]: name for name in medians}
+    rows = []
+    for name in sorted(medians):
+        base = by_letter.get(baseline.get(name[0], ""), None)
+        rows.append([f"`{name}`", fmt(medians[name]), fmt(p99s.get(name)),
+                     f"`{base}`" if base else "–",
+                     ratio(medians[name], medians.get(base)) if base else "–"])
+    return ("### Cost of one op at a site (site_cost; baseline: the hand-written code it replaces)\n\n"
+            "ns per op: median and p99 over the repetitions, each a mean over millions of ops.\n\n"
+            + table(["case", "median ns", "p99 ns", "baseline", "median / baseline"], rows))
+
+
+def stop_blackout(data):
+    # The program reports aggregates only: the median and p99 over its 200 repetitions.
+    stats = defaultdict(dict)
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            continue
+        _, args = parse_name(b["run_name"])
+        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[b.get("time_unit", "us")]
+        stats[(args["vcpus"], args["spin"], args["yielding"])][b["aggregate_name"]] = (
+            b["real_time"] * scale, b.get("repetitions"))
+    if not stats:
+        raise ReportError("stop_blackout.json has no aggregates (median, p99)")
+    def get(key, name):
+        return stats[key].get(name, (None, None))[0]
+    out = []
+    for key in sorted(stats, key=lambda k: (k[2], k[1], k[0])):
+        med = get(key, "median")
+        out.append([key[0], "yes" if key[2] else "no", key[1],
+                    stats[key].get("median", (None, "–"))[1], fmt(med), fmt(get(key, "p99")),
+                    ratio(med, get((1, key[1], key[2]), "median"))])
+    text = ("### Stop-machine rendezvous (stop_blackout; baseline: 1 vCPU, same spin and yielding)\n\n"
+            "µs that the other vCPUs are parked by one stop_machine(): median and p99 over the "
+            "repetitions (one stop each).\n\n"
+            + table(["vCPUs", "yielding", "spin", "stops", "median µs", "p99 µs",
+                     "median / 1 vCPU"], out))
+    return text, []
+
+
+def switch_blackout(data):
+    rows, errors = iterations(data)
+    cells = defaultdict(list)
+    for b in rows:
+        writer, args = parse_name(b["run_name"])
+        cells[(writer, args["vcpus"], args["sites"])].append(b)
+    def med(key, counter):
+        return percentile([b[counter] for b in cells[key]], 0.5) if key in cells else None
+    keys = sorted({(v, s) for (_, v, s) in cells}, key=lambda k: (k[1], k[0]))
+    out = []
+    for vcpus, sites in keys:
+        stop, batch = ("stop", vcpus, sites), ("batch", vcpus, sites)
+        out.append([vcpus, sites, fmt(med(stop, "med_us")), fmt(med(stop, "p99_us")),
+                    fmt(med(batch, "med_us")), fmt(med(batch, "p99_us")),
+                    ratio(med(batch, "med_us"), med(stop, "med_us"))])
+    text = ("### Blackout of one group switch (switch_blackout; baseline: the stop-machine writer)\n\n"
+            "µs during which a vCPU cannot run the group's ops, per switch: the median and p99 of "
+            "each row's switches.\n\n"
+            + table(["vCPUs", "sites", "stop median µs", "stop p99 µs", "batch median µs",
+                     "batch p99 µs", "batch / stop (median)"], out))
+    return text, errors, cells
+
+
+def lock_throughput(data):
+    rows, errors = iterations(data)
+    cells = defaultdict(list)
+    fairness = defaultdict(list)
+    for b in rows:
+        lock, args = parse_name(b["run_name"])
+        key = (lock, args["vcpus"], args["preempt"], args.get("outside", 48))
+        cells[key].append(b["ops_per_s"])
+        fairness[key].append(b["fairness"])
+    locks = [l for l in ("native", "pv", "mutex", "tas") if any(k[0] == l for k in cells)]
+    shapes = sorted({k[1:] for k in cells}, key=lambda s: (s[2], s[0], s[1]))
+    out = []
+    for vcpus, preempt, outside in shapes:
+        base = cells.get(("mutex", vcpus, preempt, outside))
+        base_med = percentile(base, 0.5) if base else None
+        row = [vcpus, "yes" if preempt else "no", "saturated" if outside < 400 else "moderate"]
+        for lock in locks:
+            v = cells.get((lock, vcpus, preempt, outside))
+            if not v:
+                row.append("–")
+                continue
+            m = percentile(v, 0.5)
+            row.append(f"{fmt(m)} ({ratio(m, base_med)}, fair {fmt(percentile(fairness[(lock, vcpus, preempt, outside)], 0.5))})")
+        out.append(row)
+    text = ("### Lock throughput (lock_throughput; baseline: std::mutex)\n\n"
+            "Acquisitions per second of one lock by all vCPUs: median over the repetitions, then "
+            "(ratio to std::mutex, fairness = max/min per-vCPU share).\n\n"
+            + table(["vCPUs", "preempted", "lock load"] + locks, out))
+    return text, errors, cells
+
+
+def shootdown_latency(data):
+    rows, errors = iterations(data)
+    cells = defaultdict(list)
+    for b in rows:
+        variant, args = parse_name(b["run_name"])
+        cells[(variant, args["targets"], args["preempted"])].append(b)
+    out = []
+    for targets, preempted in sorted({k[1:] for k in cells}, key=lambda k: (k[1], k[0])):
+        def med(variant, counter):
+            v = cells.get((variant, targets, preempted))
+            return percentile([b[counter] for b in v], 0.5) if v else None
+        out.append([targets, "yes" if preempted else "no", fmt(med("native", "med_us")),
+                    fmt(med("native", "p99_us")), fmt(med("pv", "med_us")), fmt(med("pv", "p99_us")),
+                    ratio(med("pv", "med_us"), med("native", "med_us"))])
+    text = ("### TLB shootdown latency (shootdown_latency; baseline: native)\n\n"
+            "µs for one shootdown of 8 pages: median and p99 of each repetition's 1000 "
+            "shootdowns, then the median over repetitions.\n\n"
+            + table(["targets", "one preempted", "native median µs", "native p99 µs",
+                     "pv median µs", "pv p99 µs", "pv / native (median)"], out))
+    return text, errors
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+def gnuplot(results, name, script, datasets):
+    """Writes each dataset as <name>.<key>.dat and runs the gnuplot script; returns the SVG path."""
+    for key, lines in datasets.items():
+        with open(os.path.join(results, f"{name}.{key}.dat"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    svg = os.path.join(results, name + ".svg")
+    full = (f"set terminal svg size 900,520 dynamic font 'sans,12'\nset output '{svg}'\n"
+            "set grid\nset key outside right\n" + script)
+    subprocess.run(["gnuplot"], input=full, text=True, check=True, cwd=results)
+    return svg
+
+
+def plot_blackout(results, cells):
+    vcpus = sorted({k[1] for k in cells})
+    sites = sorted({k[2] for k in cells})
+    data = {}
+    for writer in ("stop", "batch"):
+        for s in sites:
+            lines = []
+            for v in vcpus:
+                if (writer, v, s) in cells:
+                    lines.append(f"{v} {percentile([b['med_us'] for b in cells[(writer, v, s)]], 0.5)}")
+            data[f"{writer}_{s}"] = lines
+    plots = ", ".join(f"'blackout.{w}_{s}.dat' using 1:2 with linespoints title '{w}, {s} sites'"
+                      for w in ("stop", "batch") for s in sites)
+    return gnuplot(results, "blackout", (
+        "set title 'Blackout of one group switch (median)'\nset xlabel 'vCPUs (2 CPUs)'\n"
+        "set ylabel 'µs'\nset logscale xy\nset xtics (1,2,4,8,16)\n"
+        f"plot {plots}\n"), data)
+
+
+def plot_lock_throughput(results, cells):
+    locks = [l for l in ("native", "pv", "mutex", "tas") if any(k[0] == l for k in cells)]
+    data = {}
+    for lock in locks:
+        for preempt in (0, 1):
+            lines = []
+            for v in sorted({k[1] for k in cells}):
+                vals = cells.get((lock, v, preempt, 48))
+                if vals:
+                    lines.append(f"{v} {max(percentile(vals, 0.5), 1)}")
+            data[f"{lock}_{preempt}"] = lines
+    plots = ", ".join(
+        f"'lock_throughput.{l}_{p}.dat' using 1:2 with linespoints dt {1 if p else 2} "
+        f"title '{l}{', preempted' if p else ''}'" for l in locks for p in (1, 0))
+    return gnuplot(results, "lock_throughput", (
+        "set title 'Lock throughput against vCPUs on 2 CPUs (saturated lock, median)'\n"
+        "set xlabel 'vCPUs'\nset ylabel 'acquisitions per second'\nset logscale xy\n"
+        f"set xtics (1,2,8,16)\nplot {plots}\n"), data)
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def machine(results, data):
+    ctx = (data or {}).get("context", {})
+    lines = []
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            m = re.search(r"^model name\s*:\s*(.*)$", f.read(), re.M)
+            model = m.group(1) if m else ""
+    except OSError:
+        pass
+    lines.append(f"- Machine: {ctx.get('num_cpus', '?')} CPUs, {model or 'unknown model'}, "
+                 f"{os.uname().sysname} {os.uname().release}; load average at the start "
+                 f"{', '.join(f'{x:.2f}' for x in ctx.get('load_avg', [])) or 'unknown'}.")
+    if ctx.get("date"):
+        lines.append(f"- Started: {ctx['date']}.")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", help="directory with <program>.json files")
+    ap.add_argument("--readme", help="markdown file whose generated block is replaced")
+    ap.add_argument("--markdown", help="write the generated markdown to this file")
+    ap.add_argument("--command", default="bench/run-all", help="the command to record")
+    ap.add_argument("--commit", default="", help="the commit measured")
+    ap.add_argument("--no-plots", action="store_true", help="do not run gnuplot")
+    args = ap.parse_args()
+    if not os.path.isdir(args.results):
+        raise ReportError(f"{args.results}: no such directory")
+
+    sections, errors, plots = [], [], []
+    first = None
+    for program in ("site_cost", "stop_blackout", "switch_blackout", "lock_throughput",
+                    "shootdown_latency"):
+        data = load(args.results, program)
+        if data is None:
+            sections.append(f"### {program}\n\nNot run: no {program}.json.")
+            continue
+        first = first or data
+        if program == "site_cost":
+            sections.append(site_cost(data))
+        elif program == "stop_blackout":
+            text, errs = stop_blackout(data)
+            sections.append(text)
+            errors += errs
+        elif program == "switch_blackout":
+            text, errs, cells = switch_blackout(data)
+            sections.append(text)
+            errors += errs
+            if not args.no_plots and cells:
+                plots.append(plot_blackout(args.results, cells))
+        elif program == "lock_throughput":
+            text, errs, cells = lock_throughput(data)
+            sections.append(text)
+            errors += errs
+            if not args.no_plots and cells:
+                plots.append(plot_lock_throughput(args.results, cells))
+        elif program == "shootdown_latency":
+            text, errs = shootdown_latency(data)
+            sections.append(text)
+            errors += errs
+
+    head = [f"Generated by `{args.command}`" + (f" on commit {args.commit}" if args.commit else "")
+            + ". Each program also prints its own summary, with the issue targets and a verdict, "
+            "into the results directory (`<program>.txt`).", "", machine(args.results, first)]
+    if plots:
+        target = args.readme or args.markdown
+        base = os.path.dirname(os.path.abspath(target)) if target else os.getcwd()
+        head.append("")
+        head += [f"![{os.path.basename(p)}]({os.path.relpath(p, base)})" for p in plots]
+    if errors:
+        head += ["", "Rows that failed:", ""] + [f"- {e}" for e in errors]
+    markdown = "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
+
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(markdown)
+    if args.readme:
+        with open(args.readme, encoding="utf-8") as f:
+            text = f.read()
+        block = f"{BEGIN}\n{markdown}{END}"
+        if BEGIN in text and END in text:
+            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            first_break = text.find("\n\n")
+            text = (text[:first_break] + "\n\n" + block + text[first_break:]) if first_break >= 0 \
+                else text + "\n" + block + "\n"
+        with open(args.readme, "w", encoding="utf-8") as f:
+            f.write(text)
+    if not args.markdown and not args.readme:
+        sys.stdout.write(markdown)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ReportError as e:
+        print(f"bench/report.py: {e}", file=sys.stderr)
+        sys.exit(2)
+    except subprocess.CalledProcessError as e:
+        print(f"bench/report.py: gnuplot failed ({e}); is gnuplot installed?", file=sys.stderr)
+        sys.exit(2)
