@@ -182,7 +182,7 @@ void Workload::run_vcpu(std::size_t index) {
         violations_.record(Violation::kStaleTlbRead, line);
       }
     }
-    if (((r >> 34) & 511) == 0) {
+    if (((r >> 34) & 4095) == 0) {
       const std::uint64_t page = (r >> 44) % kWorkingPages;
       tlb::Shootdown report{};
       tlb::remap(page, static_cast<std::uint32_t>(r >> 32), everyone_, &report);

@@ -83,7 +83,11 @@ bool parse_whole(const char* option, const char* text, std::uint64_t* out) {
 bool parse_count(const char* option, const char* text, int* out) {
   std::uint64_t value = 0;
   if (!parse_whole(option, text, &value)) return false;
-  *out = value > 1000000000 ? 1000000000 : static_cast<int>(value);
+  if (value > 1000000000) {
+    std::fprintf(stderr, "%s: %s %s is out of range\n", kCommand, option, text);
+    return false;
+  }
+  *out = static_cast<int>(value);
   return true;
 }
 
