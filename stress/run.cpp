@@ -10,6 +10,7 @@
 #include "guest/spinlock.h"
 #include "guest/tlb_cpu.h"
 #include "guest/tlb_group_state.h"
+#include "stress/crash_report.h"
 #include "stress/invariants.h"
 #include "stress/nmi_injector.h"
 #include "stress/preemption_injector.h"
@@ -84,6 +85,10 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
     report.groups.push_back(g.name);
   // Heap-allocated so that, when threads are stuck, what they use can be left alive (released)
   // rather than destroyed under them.
+  if (Status s = install_crash_report(); !s.ok()) {
+    report.error = s.error().to_string();
+    return report;
+  }
   auto violations_owner = std::make_unique<ViolationLog>();
   ViolationLog& violations = *violations_owner;
   auto workload = std::make_unique<Workload>(scenario, violations);
