@@ -42,6 +42,7 @@
 #include "bench/stats.h"
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
+#include "guest/machine.h"
 #include "guest/spinlock.h"
 #include "repatch/engine.h"
 #include "sync/vcpu.h"
@@ -442,25 +443,9 @@ void print_summary(std::FILE* out) {
 
 bool boot() {
   const repatch::Result<repatch::Engine*> engine =
-      repatch::boot({.initial = {{"spinlock", "native"}}});
+      repatch::guest::boot_machine({.initial = {{"spinlock", "native"}}});
   if (!engine.ok()) {
-    std::fprintf(stderr, "lock_throughput: boot failed: %s\n", engine.error().to_string().c_str());
-    return false;
-  }
-  if (const repatch::Status s = repatch::guest::adopt_engine_variant(); !s.ok()) {
-    std::fprintf(stderr, "lock_throughput: adopt_engine_variant: %s\n",
-                 s.error().to_string().c_str());
-    return false;
-  }
-  if (const repatch::Status s =
-          engine.value()->set_group_state("spinlock", &repatch::guest::spinlock_group_state());
-      !s.ok()) {
-    std::fprintf(stderr, "lock_throughput: set_group_state: %s\n", s.error().to_string().c_str());
-    return false;
-  }
-  if (const repatch::Status s = repatch::hypervisor::install(); !s.ok()) {
-    std::fprintf(stderr, "lock_throughput: hypervisor::install: %s\n",
-                 s.error().to_string().c_str());
+    std::fprintf(stderr, "lock_throughput: %s\n", engine.error().to_string().c_str());
     return false;
   }
   g_spinlock = new repatch::guest::SpinLock("lock_throughput");  // lives for the whole run

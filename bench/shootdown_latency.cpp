@@ -38,6 +38,7 @@
 #include "bench/guest_threads.h"
 #include "bench/stats.h"
 #include "guest/hypervisor.h"
+#include "guest/machine.h"
 #include "guest/tlb.h"
 #include "guest/tlb_group_state.h"
 #include "repatch/engine.h"
@@ -264,25 +265,12 @@ void print_summary(std::FILE* out) {
 }
 
 bool boot() {
-  const repatch::Result<repatch::Engine*> engine = repatch::boot({.initial = {{"tlb", "native"}}});
+  const repatch::Result<repatch::Engine*> engine =
+      repatch::guest::boot_machine({.initial = {{"tlb", "native"}}});
   if (!engine.ok()) {
-    std::fprintf(stderr, "shootdown_latency: boot failed: %s\n",
-                 engine.error().to_string().c_str());
+    std::fprintf(stderr, "shootdown_latency: %s\n", engine.error().to_string().c_str());
     return false;
   }
-  if (const repatch::Status s = engine.value()->set_group_state("tlb", &tlb::group_state());
-      !s.ok()) {
-    std::fprintf(stderr, "shootdown_latency: set_group_state: %s\n", s.error().to_string().c_str());
-    return false;
-  }
-  if (const repatch::Status s = hv::install(); !s.ok()) {
-    std::fprintf(stderr, "shootdown_latency: hypervisor::install: %s\n",
-                 s.error().to_string().c_str());
-    return false;
-  }
-  repatch::sync::set_nmi_handler(
-      [](repatch::sync::VcpuId self, void*) { tlb::on_interrupt(self); });
-  hv::set_resume_hook(&tlb::resume_hook);
   return true;
 }
 

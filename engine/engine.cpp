@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 #include "arch/x86/instruction.h"
@@ -78,6 +79,28 @@ Result<std::string> Engine::current_variant(std::string_view group) const {
 
 Status Engine::verify_sites() const {
   for (const engine::SiteEntry& entry : impl_->table.entries()) {
+    if (Status s = engine::check_site_holds_current(impl_->catalog, impl_->table, entry); !s.ok()) {
+      return s;
+    }
+  }
+  return {};
+}
+
+Status Engine::verify_group(std::string_view group) const {
+  const Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
+  if (!g.ok()) return g.error();
+  // The switch mutex orders this scan after the last switch's writes and its table update.
+  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
+  const engine::VariantIndex current = impl_->group_variant[g.value()];
+  const std::string current_name(impl_->catalog.variant_name(g.value(), current));
+  for (const engine::SiteEntry& entry : impl_->table.group_sites(g.value())) {
+    if (entry.variant() != current) {
+      return Error(ErrorCode::kForeignWrite,
+                   engine::describe_site(impl_->catalog, impl_->table, entry) + " of group '" +
+                       std::string(group) + "' is recorded in variant '" +
+                       std::string(impl_->catalog.variant_name(g.value(), entry.variant())) +
+                       "', not the group's variant '" + current_name + "'");
+    }
     if (Status s = engine::check_site_holds_current(impl_->catalog, impl_->table, entry); !s.ok()) {
       return s;
     }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "guest/tlb_group_state.h"
 #include "repatch/in_op.h"
 
 namespace repatch::tlb {
@@ -35,6 +36,11 @@ void shootdown(Shootdown* request, bool paravirt) {
   // A shootdown waits for other vCPUs for as long as they take: a switch of the group must not
   // rewrite its sites (or drain its marks) under it (H7).
   const OpInFlight in_op(repatch_group_tlb);
+  // A vCPU stopped between the site's call and the line above is not seen busy (repatch/in_op.h):
+  // the group may have switched to native meanwhile, drained every flush-on-resume mark, and put
+  // native code at the site. A mark left now would outlive the drain with nobody to honour it
+  // (the native resume hook knows no marks), so this late pv body waits as native does.
+  if (paravirt && group_state().converted_to() == kNativeVariant) paravirt = false;
   bool is_vcpu = false;
   const sync::VcpuId self = current_id_or(0, &is_vcpu);
   request->waited = 0;

@@ -21,6 +21,10 @@ class JsonWriter {
   JsonWriter& value(const char* s) { return value(std::string_view(s)); }
   JsonWriter& value(std::uint64_t n);
   JsonWriter& value(bool b);
+  /// A finite number with up to 6 significant decimals ("%.6g"); NaN and infinities become null.
+  JsonWriter& value(double d);
+  /// null: a value that does not exist (rather than a made-up zero).
+  JsonWriter& null_value();
 
   const std::string& str() const { return out_; }
 

@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "tools/status_command.h"
+#include "tools/stress_command.h"
 
 namespace {
 
@@ -16,6 +17,7 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  status     boot the demo guest and list its groups and sites\n"
+    "  stress     run the guest workload while groups switch; check and report\n"
     "\n"
     "  repatch <command> --help    help for one command\n"
     "  repatch --version           print the version\n";
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "status") return repatch::tools::status_command(argc - 2, argv + 2);
+  if (command == "stress") return repatch::tools::stress_command(argc - 2, argv + 2);
   std::fprintf(stderr, "repatch: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }

@@ -189,6 +189,13 @@ class Engine {
   /// naming the first site that differs (something else wrote there). Allocates.
   Status verify_sites() const;
 
+  /// Checks that `group` is wholly in its current variant: the table says every site of the group
+  /// is in it, and every site's bytes are, byte for byte, that variant's image (what a committed
+  /// switch leaves behind). Waits for a switch in progress, so it never sees one half done. Normal
+  /// context. Fails with kUnknownName, or kForeignWrite naming the first site that holds anything
+  /// else (its bytes, and the image it should hold). Allocates.
+  Status verify_group(std::string_view group) const;
+
   /// Switches every group named in `choices` to its variant, all at once: no vCPU ever runs a mix
   /// of old and new variants of these groups. Switching a group to the variant it is in already
   /// does nothing for it. Normal context only, from a vCPU or any other thread, one switch at a

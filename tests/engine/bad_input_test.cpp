@@ -266,5 +266,26 @@ TEST(BadInput, ForeignWriteAfterBootDetected) {
   EXPECT_TRUE(contains(s.error().message(), "int3")) << s.error().message();
 }
 
+// verify_group scans one group's sites: a foreign write in demo_lock fails that group, names the
+// site's bytes, and leaves the other groups whole.
+TEST(BadInput, ForeignWriteFailsOnlyItsGroup) {
+  Result<Engine*> engine = boot({.initial = {}, .writer = TextWriter::kProcSelfMem});
+  ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+  ASSERT_TRUE(engine.value()->verify_group("demo_lock").ok());
+  const std::uintptr_t site = engine::record_site_address(a_release_site());
+  Result<std::unique_ptr<x86::TextPoker>> poker = x86::make_procmem_poker();
+  ASSERT_TRUE(poker.ok());
+  const std::uint8_t int3 = 0xcc;
+  ASSERT_TRUE(poker.value()->write(site, {&int3, 1}).ok());
+  Status s = engine.value()->verify_group("demo_lock");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), ErrorCode::kForeignWrite);
+  EXPECT_TRUE(contains(s.error().message(), "int3")) << s.error().message();
+  EXPECT_TRUE(engine.value()->verify_group("demo_clock").ok());
+  Status unknown = engine.value()->verify_group("no_such_group");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kUnknownName);
+}
+
 }  // namespace
 }  // namespace repatch

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Usage: ci_scenarios.sh REPATCH_BINARY
+# The stress harness in CI (scripts/test runs it): the 10-second scenario, a short scenario for
+# each hazard family, and proof that the harness's checks can fail: runs with a hazard handler
+# switched off (REPATCH_TEST_DISABLE, honoured by builds with REPATCH_TEST_HOOKS, as test builds
+# are) must end with violations and exit status 1.
+set -u
+repatch=$1
+failures=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# pass NAME ARGS...: the scenario must pass (exit status 0).
+pass() {
+  local name=$1
+  shift
+  echo "-- $name: repatch stress $*"
+  if ! timeout --signal=KILL 120 "$repatch" stress --quiet "$@" >"$log" 2>&1; then
+    echo "FAILED: $name"
+    cat "$log"
+    failures=$((failures + 1))
+    return
+  fi
+  cat "$log"
+}
+
+# caught HANDLER KIND ARGS...: with HANDLER switched off the run must fail with status 1 and at
+# least one violation of KIND (not a usage error, a crash or a hang).
+caught() {
+  local handler=$1 kind=$2
+  shift 2
+  echo "-- without $handler: REPATCH_TEST_DISABLE=$handler repatch stress $*"
+  REPATCH_TEST_DISABLE=$handler timeout --signal=KILL 120 "$repatch" stress --quiet "$@" >"$log" 2>&1
+  local status=$?
+  if [ "$status" -eq 1 ] && grep -q "^  $kind: " "$log"; then
+    echo "failed as expected (exit status 1, $kind violations):"
+    head -n 4 "$log"
+  else
+    echo "FAILED: expected exit status 1 with a '$kind' violation, got exit status $status:"
+    cat "$log"
+    failures=$((failures + 1))
+  fi
+}
+
+pass "default scenario, 10 s" --duration 10
+# Lock state conversion (H6, H7) with NMIs that take a lock and preempted holders.
+pass "spinlock" --duration 3 --groups spinlock --nmi-rate 5000 --preempt-rate 300
+# Flush-on-resume marks across pv -> native (H10), with many preemptions and idle vCPUs (the
+# spinlock group switches too: its stop-machine switches are when a mark is most often left).
+pass "tlb" --duration 3 --groups tlb,spinlock --preempt-rate 1000
+# Stop-machine under an NMI storm: NMI completion and fences taken back (H1-H4).
+pass "nmi storm" --duration 3 --groups demo_lock,spinlock --nmi-rate 20000
+# The batch writer: INT3 completion by threads nobody stops (H5).
+pass "batch" --duration 3 --groups demo_clock --switch-rate 1000
+# Oversubscribed: more vCPUs than cores, preempted often (H3, H9).
+pass "oversubscribed" --duration 3 --vcpus 8 --preempt-rate 500
+
+caught lock_convert stuck --duration 3 --groups spinlock --watchdog 2
+caught tlb_drain state_encoding --duration 3 --groups tlb,spinlock --preempt-rate 1000
+
+if [ "$failures" -ne 0 ]; then
+  echo "stress: $failures scenario(s) failed"
+  exit 1
+fi
+echo "stress: every scenario passed and every switched-off handler was caught"

@@ -1,0 +1,243 @@
+#include "stress/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+
+#include "tools/json.h"
+
+namespace repatch::stress {
+namespace {
+
+[[gnu::format(printf, 1, 2)]] std::string format(const char* fmt, ...) {
+  char buffer[512];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(buffer, sizeof buffer, fmt, args);
+  va_end(args);
+  return buffer;
+}
+
+std::string us(std::uint64_t ns) {
+  return format("%.1f us", static_cast<double>(ns) / 1000.0);
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names)
+    out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+unsigned long long ull(std::uint64_t n) {
+  return static_cast<unsigned long long>(n);
+}
+
+}  // namespace
+
+int Report::exit_status() const {
+  return violations != 0 || stuck || unfinished || !error.empty() ? 1 : 0;
+}
+
+void summarise_blackouts(Report& report) {
+  std::vector<std::uint64_t> sorted = report.switches.blackouts_ns;
+  if (sorted.empty()) return;
+  std::sort(sorted.begin(), sorted.end());
+  // Nearest rank: the smallest value with at least p of the samples at or below it.
+  auto rank = [&](double p) {
+    const auto n = static_cast<double>(sorted.size());
+    const auto index = static_cast<std::size_t>(std::max(1.0, std::ceil(p * n))) - 1;
+    return sorted[std::min(index, sorted.size() - 1)];
+  };
+  report.blackout_p50_ns = rank(0.50);
+  report.blackout_p99_ns = rank(0.99);
+  report.blackout_max_ns = sorted.back();
+}
+
+std::string render_summary(const Report& r) {
+  return format(
+      "%s: %.1f s, %d vCPUs, %llu switches committed, %llu attempts aborted, "
+      "%llu violations%s\n",
+      r.exit_status() == 0 ? "PASS" : "FAIL", r.elapsed_s, r.scenario.vcpus,
+      ull(r.switches.committed),
+      [&] {
+        std::uint64_t a = 0;
+        for (const std::uint64_t n : r.switches.aborted_attempts)
+          a += n;
+        return ull(a);
+      }(),
+      ull(r.violations), r.stuck ? ", a thread stuck" : "");
+}
+
+std::string render_text(const Report& r) {
+  const Scenario& s = r.scenario;
+  std::string out;
+  out += format(
+      "scenario: %d vCPUs, %.1f s, switch rate %g/s (trigger %s), NMI rate %g/s, "
+      "preempt rate %g/s, %d locks, seed %llu\n",
+      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, s.switch_rate,
+      trigger_name(s.trigger), s.nmi_rate, s.preempt_rate, s.locks, ull(s.seed));
+  out += "groups switched: " + joined(r.groups) + "\n";
+  out += format("elapsed: %.2f s\n", r.elapsed_s);
+  out += "\n";
+  const SwitchTotals& w = r.switches;
+  out += format(
+      "switches: %llu requested, %llu committed (%llu stop-machine, %llu batch), "
+      "%llu not committed\n",
+      ull(w.requested), ull(w.committed), ull(w.stop_machine), ull(w.batch),
+      ull(w.requested - w.committed));
+  std::string failed;
+  std::string aborted;
+  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
+    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
+    const char* name = switch_abort_name(static_cast<SwitchAbort>(i));
+    failed += format("%s%s %llu", failed.empty() ? "" : ", ", name, ull(w.failed[i]));
+    aborted += format("%s%s %llu", aborted.empty() ? "" : ", ", name, ull(w.aborted_attempts[i]));
+  }
+  out += "  not committed, by reason: " + failed + "\n";
+  out += "  attempts aborted, by reason: " + aborted + "\n";
+  if (!w.first_failure.empty()) out += "  first not committed: " + w.first_failure + "\n";
+  out += "  blackout: p50 " + us(r.blackout_p50_ns) + ", p99 " + us(r.blackout_p99_ns) + ", max " +
+         us(r.blackout_max_ns) + "\n";
+  out += format("  sites rewritten: %llu\n", ull(w.sites));
+  out += format("  INT3 completions: %llu, NMI completions: %llu\n", ull(w.int3_completions),
+                ull(w.nmi_completions));
+  out += format("  commits checked (site bytes and group state): %llu\n", ull(r.commits_checked));
+  out += "\n";
+  out += format(
+      "NMIs: %llu injected (%llu failed to send), %llu delivered (handler runs, TLB "
+      "shootdowns' included)\n",
+      ull(r.nmis_injected), ull(r.nmis_injected_failed), ull(r.nmis_delivered));
+  out += format("preemptions: %llu, steal time %.1f ms\n", ull(r.preemptions),
+                static_cast<double>(r.steal_ns) / 1e6);
+  out += r.microcode_events ? format("microcode events: %llu\n", ull(*r.microcode_events))
+                            : std::string("microcode events: not simulated in this build\n");
+  out += "\n";
+  out += format("ops: %llu (%.0f per second)\n", ull(r.ops),
+                r.elapsed_s > 0 ? static_cast<double>(r.ops) / r.elapsed_s : 0.0);
+  out += format("lock acquisitions: native %llu, pv %llu; in NMI handlers %llu; demo lock %llu\n",
+                ull(r.acquisitions_native), ull(r.acquisitions_pv), ull(r.nmi_acquisitions),
+                ull(r.demo_increments));
+  out += format("  lock waits restarted by a conversion: %llu, pv sleeps: %llu\n",
+                ull(r.lock_restarts), ull(r.lock_sleeps));
+  out += format(
+      "TLB: %llu translations, %llu shootdowns (%llu targets left a flush-on-resume "
+      "mark), %llu marks drained by switches, %llu stale reads\n",
+      ull(r.translations), ull(r.shootdowns), ull(r.shootdowns_marked), ull(r.tlb_marks_drained),
+      ull(r.stale_reads));
+  out += format("idle periods: %llu\n", ull(r.idles));
+  out += "\n";
+  std::string kinds;
+  for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i) {
+    kinds += format("%s%s %llu", kinds.empty() ? "" : ", ",
+                    violation_name(static_cast<Violation>(i)), ull(r.violations_by_kind[i]));
+  }
+  out += format("invariant violations: %llu (%s)\n", ull(r.violations), kinds.c_str());
+  for (const std::string& line : r.violation_lines)
+    out += "  " + line + "\n";
+  if (r.unfinished) out += "some vCPU threads could not be stopped (stuck): exiting without them\n";
+  if (!r.error.empty()) out += "error: " + r.error + "\n";
+  out += render_summary(r);
+  return out;
+}
+
+std::string render_json(const Report& r) {
+  const Scenario& s = r.scenario;
+  tools::JsonWriter j;
+  j.begin_object();
+  j.key("result").value(r.exit_status() == 0 ? "pass" : "fail");
+  j.key("scenario").begin_object();
+  j.key("vcpus").value(static_cast<std::uint64_t>(s.vcpus));
+  j.key("duration_s").value(static_cast<double>(s.duration.count()) / 1000.0);
+  j.key("switch_rate").value(s.switch_rate);
+  j.key("nmi_rate").value(s.nmi_rate);
+  j.key("preempt_rate").value(s.preempt_rate);
+  j.key("locks").value(static_cast<std::uint64_t>(s.locks));
+  j.key("trigger").value(trigger_name(s.trigger));
+  j.key("seed").value(s.seed);
+  j.key("watchdog_s").value(static_cast<double>(s.watchdog.count()) / 1000.0);
+  j.key("groups").begin_array();
+  for (const std::string& g : r.groups)
+    j.value(g);
+  j.end_array();
+  j.end_object();
+  j.key("elapsed_s").value(r.elapsed_s);
+  j.key("vcpus").value(static_cast<std::uint64_t>(s.vcpus));
+  const SwitchTotals& w = r.switches;
+  j.key("switches").begin_object();
+  j.key("requested").value(w.requested);
+  j.key("committed").value(w.committed);
+  j.key("stop_machine").value(w.stop_machine);
+  j.key("batch").value(w.batch);
+  j.key("not_committed").begin_object();
+  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
+    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
+    j.key(switch_abort_name(static_cast<SwitchAbort>(i))).value(w.failed[i]);
+  }
+  j.end_object();
+  j.key("aborted_attempts").begin_object();
+  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
+    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
+    j.key(switch_abort_name(static_cast<SwitchAbort>(i))).value(w.aborted_attempts[i]);
+  }
+  j.end_object();
+  j.key("first_not_committed").value(w.first_failure);
+  j.key("blackout_ns").begin_object();
+  j.key("p50").value(r.blackout_p50_ns);
+  j.key("p99").value(r.blackout_p99_ns);
+  j.key("max").value(r.blackout_max_ns);
+  j.end_object();
+  j.key("sites_rewritten").value(w.sites);
+  j.key("int3_completions").value(w.int3_completions);
+  j.key("nmi_completions").value(w.nmi_completions);
+  j.key("commits_checked").value(r.commits_checked);
+  j.end_object();
+  j.key("nmis").begin_object();
+  j.key("injected").value(r.nmis_injected);
+  j.key("injected_failed").value(r.nmis_injected_failed);
+  j.key("delivered").value(r.nmis_delivered);
+  j.end_object();
+  j.key("preemptions").value(r.preemptions);
+  j.key("steal_ns").value(r.steal_ns);
+  j.key("microcode_events");
+  if (r.microcode_events) {
+    j.value(*r.microcode_events);
+  } else {
+    j.null_value();
+  }
+  j.key("ops").value(r.ops);
+  j.key("lock_acquisitions").begin_object();
+  j.key("native").value(r.acquisitions_native);
+  j.key("pv").value(r.acquisitions_pv);
+  j.key("nmi").value(r.nmi_acquisitions);
+  j.key("demo").value(r.demo_increments);
+  j.key("restarts").value(r.lock_restarts);
+  j.key("pv_sleeps").value(r.lock_sleeps);
+  j.end_object();
+  j.key("tlb").begin_object();
+  j.key("translations").value(r.translations);
+  j.key("shootdowns").value(r.shootdowns);
+  j.key("shootdowns_marked").value(r.shootdowns_marked);
+  j.key("marks_drained").value(r.tlb_marks_drained);
+  j.key("stale_reads").value(r.stale_reads);
+  j.end_object();
+  j.key("idles").value(r.idles);
+  j.key("violations").begin_object();
+  j.key("total").value(r.violations);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i) {
+    j.key(violation_name(static_cast<Violation>(i))).value(r.violations_by_kind[i]);
+  }
+  j.key("details").begin_array();
+  for (const std::string& line : r.violation_lines)
+    j.value(line);
+  j.end_array();
+  j.end_object();
+  j.key("stuck").value(r.stuck);
+  j.key("unfinished").value(r.unfinished);
+  j.key("error").value(r.error);
+  j.end_object();
+  return j.str();
+}
+
+}  // namespace repatch::stress

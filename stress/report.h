@@ -1,0 +1,76 @@
+// The final report of a stress run, and its two renderings: text for people and one JSON object
+// for programs (README's "Stress harness" section documents every field).
+#ifndef REPATCH_STRESS_REPORT_H_
+#define REPATCH_STRESS_REPORT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "repatch/engine.h"
+#include "stress/scenario.h"
+#include "stress/switcher.h"
+#include "stress/violations.h"
+
+namespace repatch::stress {
+
+struct Report {
+  // The scenario as run.
+  Scenario scenario;
+  std::vector<std::string> groups;  ///< the groups the switcher flipped
+  double elapsed_s = 0;             ///< wall time from the workload's start to its stop
+  // Switches.
+  SwitchTotals switches;
+  std::uint64_t blackout_p50_ns = 0;
+  std::uint64_t blackout_p99_ns = 0;
+  std::uint64_t blackout_max_ns = 0;
+  // Injected events.
+  std::uint64_t nmis_injected = 0;         ///< sent by the NMI injector
+  std::uint64_t nmis_injected_failed = 0;  ///< sends that failed
+  std::uint64_t nmis_delivered = 0;        ///< NMI handler runs on the vCPUs, any sender
+  std::uint64_t preemptions = 0;           ///< preemptions that ended (all vCPUs)
+  std::uint64_t steal_ns = 0;              ///< time the vCPUs spent parked
+  /// Simulated microcode updates. Not simulated in this build: absent (null in JSON, "not
+  /// simulated" in text), never a made-up zero.
+  std::optional<std::uint64_t> microcode_events;
+  // The workload.
+  std::uint64_t ops = 0;
+  std::uint64_t acquisitions_native = 0;
+  std::uint64_t acquisitions_pv = 0;
+  std::uint64_t nmi_acquisitions = 0;
+  std::uint64_t demo_increments = 0;
+  std::uint64_t translations = 0;
+  std::uint64_t shootdowns = 0;
+  std::uint64_t shootdowns_marked = 0;
+  std::uint64_t idles = 0;
+  std::uint64_t lock_restarts = 0;      ///< waits restarted because their lock was converted
+  std::uint64_t lock_sleeps = 0;        ///< pv futex sleeps
+  std::uint64_t tlb_marks_drained = 0;  ///< flush-on-resume marks drained by pv -> native
+  std::uint64_t stale_reads = 0;        ///< from the TLBs' own count (tlb::total_stale_reads)
+  std::uint64_t commits_checked = 0;
+  // Verdict.
+  std::uint64_t violations_by_kind[static_cast<std::size_t>(Violation::kCount)] = {};
+  std::uint64_t violations = 0;
+  std::vector<std::string> violation_lines;
+  bool stuck = false;       ///< the watchdog fired
+  bool unfinished = false;  ///< some vCPU could not be joined at the end
+  std::string error;        ///< set when the run could not start or went wrong (not a violation)
+
+  /// 0 when the run passed, 1 on any violation, stuck thread or error.
+  int exit_status() const;
+};
+
+/// Fills blackout_p50_ns, _p99_ns and _max_ns from `switches.blackouts_ns` (nearest rank).
+void summarise_blackouts(Report& report);
+
+/// The report as text, several lines, each ending in '\n'.
+std::string render_text(const Report& report);
+/// One line: "PASS"/"FAIL", elapsed, switches, violations.
+std::string render_summary(const Report& report);
+/// The report as one JSON object (no trailing newline).
+std::string render_json(const Report& report);
+
+}  // namespace repatch::stress
+
+#endif  // REPATCH_STRESS_REPORT_H_

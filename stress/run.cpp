@@ -1,0 +1,194 @@
+#include "stress/run.h"
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "guest/hypervisor.h"
+#include "guest/machine.h"
+#include "guest/spinlock.h"
+#include "guest/tlb_cpu.h"
+#include "guest/tlb_group_state.h"
+#include "stress/crash_report.h"
+#include "stress/invariants.h"
+#include "stress/nmi_injector.h"
+#include "stress/preemption_injector.h"
+#include "stress/progress.h"
+#include "stress/switcher.h"
+#include "stress/watchdog.h"
+#include "stress/workload.h"
+
+namespace repatch::stress {
+namespace {
+
+std::string progress_line(Clock::time_point start, const Scenario& s, const Switcher* switcher,
+                          const Workload& workload, const ViolationLog& violations) {
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const WorkloadTotals t = workload.totals();
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "%5.1f/%.1f s  switches %llu committed, %llu aborted  %.2fM ops/s  NMIs %llu  "
+                "violations %llu",
+                elapsed, static_cast<double>(s.duration.count()) / 1000.0,
+                static_cast<unsigned long long>(switcher ? switcher->committed() : 0),
+                static_cast<unsigned long long>(switcher ? switcher->aborted() : 0),
+                elapsed > 0 ? static_cast<double>(t.ops) / elapsed / 1e6 : 0.0,
+                static_cast<unsigned long long>(t.nmi_acquisitions),
+                static_cast<unsigned long long>(violations.total()));
+  return line;
+}
+
+}  // namespace
+
+Result<Engine*> boot_for_stress() {
+  return guest::boot_machine({});
+}
+
+Result<std::vector<SwitchableGroup>> resolve_groups(Engine* engine, const Scenario& scenario) {
+  const EngineStatus status = engine->status();
+  std::vector<std::string> names = scenario.groups;
+  const bool defaults = names.empty();
+  if (defaults) names.assign(std::begin(kDefaultGroups), std::end(kDefaultGroups));
+  std::vector<SwitchableGroup> out;
+  for (const std::string& name : names) {
+    const GroupStatus* found = nullptr;
+    for (const GroupStatus& g : status.groups)
+      if (g.name == name) found = &g;
+    if (found == nullptr) {
+      std::string known;
+      for (const GroupStatus& g : status.groups)
+        known += (known.empty() ? "" : ", ") + g.name;
+      return Error(ErrorCode::kUnknownName,
+                   "--groups: no group '" + name + "'; the groups are " + known);
+    }
+    if (!found->feature.empty() && !found->feature_present) {
+      if (defaults) continue;  // the default scenario flips only what this CPU can run
+      return Error(ErrorCode::kInvalidArgument,
+                   "--groups: group '" + name + "' is keyed on CPU feature '" + found->feature +
+                       "', which this CPU lacks: its '" + found->variants.back() +
+                       "' variant would be an illegal instruction");
+    }
+    if (found->variants.size() < 2) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "--groups: group '" + name + "' has one variant: nothing to switch to");
+    }
+    out.push_back({found->name, found->variants, found->variant});
+  }
+  return out;
+}
+
+Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup> groups) {
+  Report report;
+  report.scenario = scenario;
+  for (const SwitchableGroup& g : groups)
+    report.groups.push_back(g.name);
+  // Heap-allocated so that, when threads are stuck, what they use can be left alive (released)
+  // rather than destroyed under them.
+  if (Status s = install_crash_report(); !s.ok()) {
+    report.error = s.error().to_string();
+    return report;
+  }
+  auto violations_owner = std::make_unique<ViolationLog>();
+  ViolationLog& violations = *violations_owner;
+  auto workload = std::make_unique<Workload>(scenario, violations);
+  if (Status s = workload->start(); !s.ok()) {
+    report.error = "the workload could not start: " + s.error().to_string();
+    return report;
+  }
+  auto invariants_owner =
+      std::make_unique<Invariants>(engine, *workload, violations, report.groups);
+  Invariants& invariants = *invariants_owner;
+  const Clock::time_point start = Clock::now();
+  auto preemptions = std::make_unique<PreemptionInjector>(workload->ids(), scenario.preempt_rate,
+                                                          scenario.duration, scenario.seed);
+  auto nmis = std::make_unique<NmiInjector>(workload->ids(), scenario.nmi_rate, scenario.seed);
+  std::unique_ptr<SwitchDecider> decider;
+  if (scenario.switch_rate > 0 && !groups.empty()) {
+    decider = std::make_unique<RateDecider>(std::move(groups), scenario.switch_rate, scenario.seed,
+                                            start);
+  }
+  auto switcher = std::make_unique<Switcher>(
+      engine, std::move(decider),
+      [&invariants](const SwitchRequest& request) { invariants.after_commit(request); });
+  const bool switching = scenario.switch_rate > 0 && !report.groups.empty();
+  if (switching) switcher->start();
+  auto watchdog = std::make_unique<Watchdog>(*workload, *switcher, violations, scenario.watchdog);
+  if (Status s = watchdog->start(); !s.ok()) report.error = s.error().to_string();
+  {
+    ProgressLine progress(!scenario.quiet && !scenario.json, [&] {
+      return progress_line(start, scenario, switching ? switcher.get() : nullptr, *workload,
+                           violations);
+    });
+    const Clock::time_point end = start + scenario.duration;
+    while (Clock::now() < end && !watchdog->fired())
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  report.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+  report.stuck = watchdog->fired();
+
+  // Stop the switches first, so that none runs while the vCPUs leave; then the injectors.
+  const bool switcher_stopped = !switching || switcher->stop_within(scenario.watchdog);
+  nmis->stop();
+  preemptions->stop();
+  workload->stop();
+  const bool joined = workload->join_within(scenario.watchdog);
+  watchdog->stop();
+  if (!joined) {
+    for (const std::size_t i : workload->unfinished()) {
+      const std::string line = "vCPU " + std::to_string(workload->ids()[i]) +
+                               " did not finish its iteration within " +
+                               std::to_string(scenario.watchdog.count()) + " ms of the end; at " +
+                               Watchdog::where(workload->tid(i));
+      violations.record(Violation::kStuck, line.c_str());
+    }
+  }
+  if (!switcher_stopped) {
+    violations.record(Violation::kStuck, "the switcher did not return from its switch at the end");
+  }
+  report.unfinished = !joined || !switcher_stopped;
+  if (!report.unfinished) invariants.at_end();
+
+  if (switcher_stopped) {
+    report.switches = switcher->totals();
+    summarise_blackouts(report);
+  }
+  report.commits_checked = invariants.commits_checked();
+  report.nmis_injected = nmis->sent();
+  report.nmis_injected_failed = nmis->failed();
+  report.nmis_delivered = workload->nmi_runs();
+  for (const sync::VcpuId id : workload->ids()) {
+    report.preemptions += hypervisor::preemptions(id);
+    report.steal_ns += hypervisor::steal_ns(id);
+  }
+  const WorkloadTotals t = workload->totals();
+  report.ops = t.ops;
+  report.acquisitions_native = t.acquisitions[0];
+  report.acquisitions_pv = t.acquisitions[1];
+  report.nmi_acquisitions = t.nmi_acquisitions;
+  report.demo_increments = t.demo_increments;
+  report.translations = t.translations;
+  report.shootdowns = t.shootdowns;
+  report.shootdowns_marked = t.shootdowns_marked;
+  report.idles = t.idles;
+  report.lock_restarts = guest::spinlock_stats().restarts.load();
+  report.lock_sleeps = guest::spinlock_stats().sleeps.load();
+  report.tlb_marks_drained = tlb::group_state().drained();
+  report.stale_reads = tlb::total_stale_reads();
+  for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i)
+    report.violations_by_kind[i] = violations.count(static_cast<Violation>(i));
+  report.violations = violations.total();
+  report.violation_lines = violations.lines();
+  if (report.unfinished) {
+    // Stuck threads still use these: leave them alive.
+    (void)workload.release();
+    (void)switcher.release();
+    (void)preemptions.release();
+    (void)nmis.release();
+    (void)invariants_owner.release();
+    (void)violations_owner.release();
+  }
+  return report;
+}
+
+}  // namespace repatch::stress

@@ -1,0 +1,89 @@
+#include "stress/switcher.h"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+namespace repatch::stress {
+namespace {
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Switcher::Switcher(Engine* engine, std::unique_ptr<SwitchDecider> decider,
+                   std::function<void(const SwitchRequest&)> after_commit)
+    : engine_(engine), decider_(std::move(decider)), after_commit_(std::move(after_commit)) {}
+
+Switcher::~Switcher() {
+  stop_.store(true, std::memory_order_relaxed);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Switcher::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+bool Switcher::stop_within(std::chrono::milliseconds timeout) {
+  stop_.store(true, std::memory_order_relaxed);
+  if (!thread_.joinable()) return true;
+  const Clock::time_point deadline = Clock::now() + timeout;
+  while (!done_.load(std::memory_order_acquire)) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  thread_.join();
+  return true;
+}
+
+void Switcher::run() {
+  // Release pairs with tid()'s acquire.
+  tid_.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
+  while (!stop_.load(std::memory_order_relaxed)) {
+    const Clock::time_point now = Clock::now();
+    Clock::time_point wake = now + std::chrono::milliseconds(10);
+    std::optional<SwitchRequest> request = decider_->next(now, &wake);
+    if (!request) {
+      std::this_thread::sleep_until(std::min(wake, now + std::chrono::milliseconds(10)));
+      continue;
+    }
+    in_switch_since_.store(now_ns(), std::memory_order_relaxed);
+    const SwitchOutcome outcome = engine_->switch_groups(request->choices);
+    in_switch_since_.store(0, std::memory_order_relaxed);
+    ++totals_.requested;
+    std::uint64_t aborts = 0;
+    for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {
+      totals_.aborted_attempts[r] += outcome.aborts[r];
+      aborts += outcome.aborts[r];
+    }
+    aborted_.fetch_add(aborts, std::memory_order_relaxed);
+    totals_.int3_completions += outcome.int3_completions;
+    totals_.nmi_completions += outcome.nmi_completions;
+    if (outcome.committed()) {
+      ++totals_.committed;
+      committed_.fetch_add(1, std::memory_order_relaxed);
+      totals_.sites += outcome.sites;
+      totals_.blackouts_ns.push_back(static_cast<std::uint64_t>(outcome.blackout.count()));
+      if (outcome.writer == SwitchWriter::kBatch) {
+        ++totals_.batch;
+      } else {
+        ++totals_.stop_machine;
+      }
+    } else {
+      ++totals_.failed[static_cast<std::size_t>(outcome.reason)];
+      if (totals_.first_failure.empty()) {
+        totals_.first_failure = outcome.status.error().to_string();
+      }
+    }
+    decider_->observe({DeciderEvent::Kind::kSwitchDone, &*request, &outcome});
+    if (outcome.committed()) after_commit_(*request);
+  }
+  // Release pairs with stop_within's acquire: the totals are complete.
+  done_.store(true, std::memory_order_release);
+}
+
+}  // namespace repatch::stress

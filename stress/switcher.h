@@ -1,0 +1,86 @@
+// The switcher: a thread (not a vCPU) that asks its decider for switches, makes them with
+// Engine::switch_groups while the workload runs, accounts every outcome, and runs the
+// after-commit checks (stress/invariants.h) right after each commit, before any other switch can
+// start.
+#ifndef REPATCH_STRESS_SWITCHER_H_
+#define REPATCH_STRESS_SWITCHER_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "repatch/engine.h"
+#include "stress/switch_decider.h"
+
+namespace repatch::stress {
+
+/// Every switch's outcome, summed.
+struct SwitchTotals {
+  std::uint64_t requested = 0;  ///< switch_groups calls
+  std::uint64_t committed = 0;
+  /// Requests that did not commit, by the reason of their last attempt (index: SwitchAbort).
+  std::uint64_t failed[kSwitchAbortCount] = {};
+  /// Aborted attempts, committed requests' retries included (index: SwitchAbort).
+  std::uint64_t aborted_attempts[kSwitchAbortCount] = {};
+  std::uint64_t stop_machine = 0;  ///< committed with the stop-machine writer
+  std::uint64_t batch = 0;         ///< committed with the batch writer
+  std::uint64_t int3_completions = 0;
+  std::uint64_t nmi_completions = 0;
+  std::uint64_t sites = 0;  ///< sites rewritten by committed switches
+  /// The blackout of every committed switch, in nanoseconds, in order.
+  std::vector<std::uint64_t> blackouts_ns;
+  /// The message of the first failed request (empty if none).
+  std::string first_failure;
+};
+
+class Switcher {
+ public:
+  /// `after_commit` runs on the switcher's thread after each commit, with the request.
+  Switcher(Engine* engine, std::unique_ptr<SwitchDecider> decider,
+           std::function<void(const SwitchRequest&)> after_commit);
+  ~Switcher();
+  Switcher(const Switcher&) = delete;
+  Switcher& operator=(const Switcher&) = delete;
+
+  void start();
+  /// Asks the thread to stop after the switch in progress and waits up to `timeout` for it;
+  /// true when it has stopped (and is joined). False when it is stuck inside a switch: then the
+  /// object must never be destroyed (the process ends with std::_Exit).
+  bool stop_within(std::chrono::milliseconds timeout);
+
+  std::uint64_t committed() const { return committed_.load(std::memory_order_relaxed); }
+  /// Aborted attempts so far.
+  std::uint64_t aborted() const { return aborted_.load(std::memory_order_relaxed); }
+  /// When the switch in progress began (steady-clock nanoseconds), or 0 when none is. For the
+  /// watchdog.
+  std::int64_t in_switch_since() const { return in_switch_since_.load(std::memory_order_relaxed); }
+  /// The switcher thread's kernel id (0 before it starts).
+  pid_t tid() const { return tid_.load(std::memory_order_acquire); }
+  /// The totals. Only after stop().
+  const SwitchTotals& totals() const { return totals_; }
+  const SwitchDecider& decider() const { return *decider_; }
+
+ private:
+  void run();
+  Engine* engine_;
+  std::unique_ptr<SwitchDecider> decider_;
+  std::function<void(const SwitchRequest&)> after_commit_;
+  SwitchTotals totals_;
+  std::atomic<std::uint64_t> committed_{0};
+  std::atomic<std::uint64_t> aborted_{0};
+  std::atomic<std::int64_t> in_switch_since_{0};
+  std::atomic<pid_t> tid_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+}  // namespace repatch::stress
+
+#endif  // REPATCH_STRESS_SWITCHER_H_

@@ -1,0 +1,134 @@
+// The guest workload of a stress run: N vCPU threads that take and release many SpinLocks guarding
+// shared counters, translate pages through their software TLBs and shoot translations down, run
+// the demo guest's op sites, and now and then go idle; plus the NMI handler's work, which takes a
+// lock of the spinlock group in NMI context.
+//
+// What each vCPU does is drawn from its own generator, seeded from the scenario's seed and its
+// index. Every vCPU keeps tallies of what it did (only it writes them; anyone reads them, relaxed),
+// and checks as it goes: mutual exclusion (a holder that finds another inside the lock), stale TLB
+// reads, and the demo clock's value. The end-of-run checks compare the tallies with the shared
+// counters (no lost update).
+#ifndef REPATCH_STRESS_WORKLOAD_H_
+#define REPATCH_STRESS_WORKLOAD_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "guest/demo_ops.h"
+#include "guest/spinlock.h"
+#include "guest/tlb.h"
+#include "repatch/error.h"
+#include "stress/scenario.h"
+#include "stress/violations.h"
+#include "sync/vcpu.h"
+
+namespace repatch::stress {
+
+/// One vCPU's tallies. Written by that vCPU only (relaxed: they are counts, read for progress and,
+/// after the threads are joined, for the final checks, where the join orders them).
+struct alignas(64) VcpuTally {
+  std::atomic<std::uint64_t> iterations{0};  ///< loop iterations: the watchdog's sign of life
+  std::atomic<std::uint64_t> ops{0};         ///< op-site calls (lock, unlock, tlb, demo)
+  /// Acquisitions of the counter locks, by the encoding of the lock word just after acquiring
+  /// (index: guest::kNativeVariant, guest::kPvVariant).
+  std::atomic<std::uint64_t> acquisitions[2] = {};
+  std::atomic<std::uint64_t> demo_increments{0};
+  std::atomic<std::uint64_t> translations{0};
+  std::atomic<std::uint64_t> shootdowns{0};
+  std::atomic<std::uint64_t> shootdowns_marked{0};  ///< targets left a flush-on-resume mark
+  std::atomic<std::uint64_t> idles{0};              ///< times it went offline (halted) briefly
+};
+
+/// Totals over every vCPU and the NMI handler.
+struct WorkloadTotals {
+  std::uint64_t ops = 0;
+  std::uint64_t acquisitions[2] = {};  ///< counter-lock acquisitions by encoding (native, pv)
+  std::uint64_t nmi_acquisitions = 0;  ///< acquisitions of the NMI lock, in NMI handlers
+  std::uint64_t demo_increments = 0;
+  std::uint64_t translations = 0;
+  std::uint64_t shootdowns = 0;
+  std::uint64_t shootdowns_marked = 0;
+  std::uint64_t idles = 0;
+};
+
+class Workload {
+ public:
+  /// Creates the locks and counters (after boot_machine(): locks start in the booted encoding).
+  /// `violations` outlives the workload.
+  Workload(const Scenario& scenario, ViolationLog& violations);
+  /// Stops and joins the threads if they still run. Only when they can finish (see join_within).
+  ~Workload();
+  Workload(const Workload&) = delete;
+  Workload& operator=(const Workload&) = delete;
+
+  /// Starts the vCPU threads and returns once each is registered and has an empty TLB, and the NMI
+  /// handler's lock work is installed (guest::set_machine_nmi_hook). Fails with what
+  /// sync::Vcpu::enter() failed with on some thread (then every thread has stopped).
+  Status start();
+
+  /// Asks every vCPU to finish its current iteration and leave.
+  void stop();
+  /// Waits up to `timeout` for every vCPU thread to leave; true when all have (then they are
+  /// joined). False when some vCPU is stuck: its thread cannot be joined, and the process must
+  /// end without destroying this object (std::_Exit).
+  bool join_within(std::chrono::milliseconds timeout);
+
+  /// Indices of the vCPU threads that have not left (after stop(): the stuck ones).
+  std::vector<std::size_t> unfinished() const;
+
+  /// The vCPU ids, in thread order (valid after start()).
+  const std::vector<sync::VcpuId>& ids() const { return ids_; }
+  /// The kernel thread id of vCPU thread `index`.
+  pid_t tid(std::size_t index) const { return tids_[index]; }
+  const VcpuTally& tally(std::size_t index) const { return tallies_[index]; }
+  /// NMI handler runs that took the NMI lock.
+  std::uint64_t nmi_runs() const;
+  WorkloadTotals totals() const;
+
+  /// After a commit: checks that every lock is in the encoding of `spinlock_variant`
+  /// (guest::kNativeVariant or kPvVariant) and records a kStateEncoding violation for each that
+  /// is not. Normal context; call while no switch runs.
+  void check_lock_encoding(int spinlock_variant);
+
+  /// After join_within() succeeded: every shared counter equals the sum of the tallies for it
+  /// (kLostUpdate) and every lock is unlocked (kLeftoverState).
+  void check_final();
+
+ private:
+  struct Guarded;
+  void run_vcpu(std::size_t index);
+  static void nmi_hook(sync::VcpuId self, void* ucontext);
+
+  const Scenario scenario_;
+  ViolationLog& violations_;
+  std::vector<std::unique_ptr<Guarded>> guarded_;
+  std::unique_ptr<guest::SpinLock> nmi_lock_;
+  std::uint64_t nmi_counter_ = 0;  // under nmi_lock_
+  std::atomic<int> nmi_inside_{0};
+  std::atomic<std::uint64_t> nmi_runs_[sync::kMaxVcpus] = {};
+  std::vector<std::unique_ptr<demo::Lock>> demo_locks_;
+  std::vector<std::uint64_t> demo_counters_;  // each under its demo lock
+  std::unique_ptr<VcpuTally[]> tallies_;
+  /// Counter-lock increments per vCPU and lock: the tallies of the no-lost-update check.
+  std::vector<std::vector<std::uint64_t>> increments_;
+  std::vector<std::vector<std::uint64_t>> demo_tallies_;
+  std::vector<sync::VcpuId> ids_;
+  std::vector<pid_t> tids_;
+  tlb::CpuMask everyone_;
+  std::vector<std::thread> threads_;
+  std::atomic<int> registered_{0};
+  std::atomic<int> failed_{0};
+  std::atomic<int> finished_{0};
+  std::unique_ptr<std::atomic<bool>[]> left_;  // per thread: it has left
+  std::atomic<bool> go_{false};
+  std::atomic<bool> stop_{false};
+  bool joined_ = false;
+};
+
+}  // namespace repatch::stress
+
+#endif  // REPATCH_STRESS_WORKLOAD_H_
