@@ -229,7 +229,9 @@ std::string describe(const Decision& d) {
     out += "]";
   }
   if (d.action != Action::kSourceError) {
-    out += " (" + format_trace_line(d.reading, std::chrono::nanoseconds(0)) + ")";
+    // The reading's fields, as a trace line without its time (which is on the source's clock).
+    const std::string fields = format_trace_line(d.reading, d.reading.time);
+    out += " (" + fields.substr(fields.find(' ') + 1) + ")";
   }
   return out;
 }

@@ -137,6 +137,25 @@ Result<std::unique_ptr<HintSource>> load_replay_source(const std::string& path);
 /// time: what `repatch monitor --trace` prints, so that a recorded day can be replayed.
 std::string format_trace_line(const HintReading& reading, std::chrono::nanoseconds origin);
 
+/// A source whose reading the caller sets: a harness driving the loop by hand, a test, a
+/// benchmark. read() returns the reading last given to set(), with `time` from its clock (an
+/// empty reading before the first set()). Thread-safe: set() from any thread while the loop's
+/// thread reads. The loop owns the source; keep a plain pointer to it to call set().
+class ManualSource final : public HintSource {
+ public:
+  explicit ManualSource(Clock clock = steady_clock());
+  std::string_view name() const override { return "manual"; }
+  /// Replaces the reading that later read() calls return.
+  void set(HintReading reading);
+  /// Never fails, never ends.
+  Result<std::optional<HintReading>> read() override;
+
+ private:
+  Clock clock_;
+  std::mutex mutex_;
+  HintReading reading_;
+};
+
 // ---- the policy ------------------------------------------------------------------------------
 
 enum class Mode : std::uint8_t {
