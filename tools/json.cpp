@@ -1,5 +1,6 @@
 #include "tools/json.h"
 
+#include <cmath>
 #include <cstdio>
 
 namespace repatch::tools {
@@ -77,6 +78,21 @@ JsonWriter& JsonWriter::value(std::uint64_t n) {
 JsonWriter& JsonWriter::value(bool b) {
   separate();
   out_ += b ? "true" : "false";
+  return *this;
+}
+
+JsonWriter& JsonWriter::number(double d) {
+  if (!std::isfinite(d)) return null();
+  separate();
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.6g", d);
+  out_ += buffer;
+  return *this;
+}
+
+JsonWriter& JsonWriter::null() {
+  separate();
+  out_ += "null";
   return *this;
 }
 

@@ -21,6 +21,9 @@ class JsonWriter {
   JsonWriter& value(const char* s) { return value(std::string_view(s)); }
   JsonWriter& value(std::uint64_t n);
   JsonWriter& value(bool b);
+  /// A finite number, up to 6 significant digits ("12.5"); null for NaN and infinities.
+  JsonWriter& number(double d);
+  JsonWriter& null();
 
   const std::string& str() const { return out_; }
 

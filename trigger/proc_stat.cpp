@@ -91,14 +91,14 @@ std::optional<double> share(const CpuTimes& before, const CpuTimes& after) {
 std::optional<StealShare> steal_between(const ProcStat& before, const ProcStat& after) {
   const std::optional<double> all = share(before.all, after.all);
   if (!all) return std::nullopt;
+  // Starts at the average: the kernel rounds each line to ticks on its own, so the per-CPU
+  // shares may all come out a little below the average they must bound.
   StealShare out{.all_percent = *all, .max_cpu_percent = *all};
-  bool any_cpu = false;
   for (const CpuTimes& now : after.cpus) {
     for (const CpuTimes& then : before.cpus) {
       if (then.cpu != now.cpu) continue;
       if (const std::optional<double> s = share(then, now)) {
-        out.max_cpu_percent = any_cpu ? std::max(out.max_cpu_percent, *s) : *s;
-        any_cpu = true;
+        out.max_cpu_percent = std::max(out.max_cpu_percent, *s);
       }
     }
   }
