@@ -10,6 +10,7 @@ REPATCH_PACKAGES=(
   libzydis-dev liburcu-dev libboost-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   valgrind
+  clang libclang-rt-14-dev  # libFuzzer for scripts/fuzz
 )
 
 repatch_install_missing() {
