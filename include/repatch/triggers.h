@@ -56,21 +56,21 @@ struct HintReading {
   std::chrono::nanoseconds time{0};
   /// Share of CPU time stolen by the hypervisor since the previous reading, over all CPUs, in
   /// percent (0 to 100). Empty on a source's first reading (a share needs two samples).
-  std::optional<double> steal_percent;
+  std::optional<double> steal_percent = std::nullopt;
   /// The same share for the CPU that lost the most.
-  std::optional<double> max_cpu_steal_percent;
+  std::optional<double> max_cpu_steal_percent = std::nullopt;
   /// /proc/pressure/cpu "some avg10": percent of the last 10 s in which a task waited for a CPU.
-  std::optional<double> psi_some_avg10;
+  std::optional<double> psi_some_avg10 = std::nullopt;
   /// Runnable tasks (/proc/stat procs_running) and CPUs this process may run on
   /// (sched_getaffinity).
-  std::optional<std::uint32_t> runnable;
-  std::optional<std::uint32_t> allowed_cpus;
+  std::optional<std::uint32_t> runnable = std::nullopt;
+  std::optional<std::uint32_t> allowed_cpus = std::nullopt;
   /// Preemptions that ended since the previous reading (simulated source).
-  std::optional<std::uint64_t> preemptions;
+  std::optional<std::uint64_t> preemptions = std::nullopt;
   /// KVM_HINTS_REALTIME (CPUID 0x40000001 EDX bit 0): the host promises dedicated CPUs.
   bool realtime_hint = false;
   /// Why fields are empty or what fallback was used ("no /proc/pressure/cpu: ..."), for people.
-  std::vector<std::string> notes;
+  std::vector<std::string> notes = {};
 };
 
 /// A producer of readings. Implementations: make_real_source(), make_replay_source(), and the
