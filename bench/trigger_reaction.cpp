@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -172,15 +173,18 @@ bool boot() {
     return false;
   }
   g_engine = engine.value();
-  for (const repatch::Status& s :
-       {repatch::guest::adopt_engine_variant(),
-        g_engine->set_group_state("spinlock", &repatch::guest::spinlock_group_state()),
-        g_engine->set_group_state("tlb", &repatch::tlb::group_state()),
-        repatch::hypervisor::install()}) {
+  auto ok = [](const repatch::Status& s, const char* what) {
     if (!s.ok()) {
-      std::fprintf(stderr, "trigger_reaction: setup failed: %s\n", s.error().to_string().c_str());
-      return false;
+      std::fprintf(stderr, "trigger_reaction: %s: %s\n", what, s.error().to_string().c_str());
     }
+    return s.ok();
+  };
+  if (!ok(repatch::guest::adopt_engine_variant(), "adopt_engine_variant") ||
+      !ok(g_engine->set_group_state("spinlock", &repatch::guest::spinlock_group_state()),
+          "set_group_state spinlock") ||
+      !ok(g_engine->set_group_state("tlb", &repatch::tlb::group_state()), "set_group_state tlb") ||
+      !ok(repatch::hypervisor::install(), "hypervisor::install")) {
+    return false;
   }
   repatch::sync::set_nmi_handler(
       [](repatch::sync::VcpuId self, void*) { repatch::tlb::on_interrupt(self); });
@@ -194,7 +198,14 @@ bool boot() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Before benchmark::Initialize and before any thread exists.
-  if (!boot()) return 1;
-  return repatch::bench::run_benchmarks(argc, argv, &print_summary);
+  // The loop's std::function, vectors and thread may throw (allocation, thread creation): say so
+  // rather than terminate without a word.
+  try {
+    // Before benchmark::Initialize and before any thread exists.
+    if (!boot()) return 1;
+    return repatch::bench::run_benchmarks(argc, argv, &print_summary);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "trigger_reaction: %s\n", e.what());
+    return 1;
+  }
 }

@@ -38,8 +38,8 @@ class SimulatedSource final : public HintSource {
     if (last_time_) {
       const double elapsed = static_cast<double>((r.time - *last_time_).count());
       if (elapsed > 0) {
-        r.steal_percent =
-            std::min(100.0, 100.0 * static_cast<double>(stolen) / (elapsed * vcpus_.size()));
+        r.steal_percent = std::min(100.0, 100.0 * static_cast<double>(stolen) /
+                                              (elapsed * static_cast<double>(vcpus_.size())));
         r.max_cpu_steal_percent = std::min(100.0, 100.0 * static_cast<double>(most) / elapsed);
       }
       r.preemptions = ended >= previous_ended ? ended - previous_ended : 0;
