@@ -103,9 +103,10 @@ Result<std::optional<Decision>> TriggerLoop::poll_once() {
 }
 
 Status TriggerLoop::start() {
-  if (thread_.joinable()) {
+  if (running_.load(std::memory_order_acquire)) {
     return Error(ErrorCode::kState, "the trigger loop is already running (stop() it first)");
   }
+  if (thread_.joinable()) thread_.join();  // a thread whose source ended
   // Set before the thread exists, so that poll_once() refuses from now on (acquire pairs).
   running_.store(true, std::memory_order_release);
   try {

@@ -322,7 +322,8 @@ class TriggerLoop {
   Result<std::optional<Decision>> poll_once();
 
   /// Starts a thread that polls once per interval until stop(), destruction, or the end of the
-  /// source. Fails with kState when already running, kSystem when the thread cannot start.
+  /// source (start() may then be called again). Fails with kState while the thread polls,
+  /// kSystem when the thread cannot start.
   Status start();
   /// Stops and joins the thread; idempotent. A switch in progress finishes first.
   void stop();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "repatch/triggers.h"
@@ -226,6 +227,36 @@ TEST(TriggerPolicy, SourceErrorIsADecision) {
   EXPECT_EQ(d.value()->action, Action::kSourceError);
   EXPECT_NE(d.value()->reason.find("garbage"), std::string::npos);
   EXPECT_TRUE(recorder.calls.empty());
+}
+
+}  // namespace
+}  // namespace repatch::triggers
+
+namespace repatch::triggers {
+namespace {
+
+TEST(TriggerLoopThread, PlaysAReplayToItsEndAndCanStartAgain) {
+  Recorder recorder;
+  Result<std::unique_ptr<HintSource>> source =
+      make_replay_source("0 steal=1\n1 steal=50\n2 steal=50\n");
+  ASSERT_TRUE(source.ok());
+  TriggerConfig config;
+  config.policy.min_dwell = std::chrono::nanoseconds(0);
+  config.interval = std::chrono::milliseconds(1);
+  auto loop = TriggerLoop::create(std::move(source.value()), config, recorder.function());
+  ASSERT_TRUE(loop.ok());
+  ASSERT_TRUE(loop.value()->start().ok());
+  for (int i = 0; i < 60000 && loop.value()->running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_FALSE(loop.value()->running());
+  EXPECT_EQ(loop.value()->decisions().size(), 3u);
+  EXPECT_EQ(loop.value()->mode(), Mode::kOversubscribed);
+  EXPECT_EQ(recorder.calls.size(), 1u);
+  // The source has ended: a new start() is allowed and ends at once.
+  EXPECT_TRUE(loop.value()->start().ok());
+  loop.value()->stop();
+  EXPECT_EQ(loop.value()->decisions().size(), 3u);
 }
 
 }  // namespace
