@@ -261,7 +261,10 @@ class Policy {
   /// A decision of kind kSourceError for `error` (the mode does not change).
   Decision source_error(const Error& error);
 
+  /// The mode the groups are in as far as the policy knows (changed by committed switches, and
+  /// by kWouldSwitch decisions in a dry run).
   Mode mode() const { return mode_; }
+  /// The configuration given to the constructor.
   const PolicyConfig& config() const { return config_; }
 
  private:
@@ -487,6 +490,7 @@ class MicrocodeWatcher {
   /// repeat the diff. Fails only when the source fails (nothing is switched then).
   Result<MicrocodeReport> reloaded();
 
+  /// The features as last read from the CPU source (at create(), then at each reload).
   const FeatureSet& features() const { return features_; }
 
  private:

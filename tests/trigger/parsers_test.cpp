@@ -1,6 +1,7 @@
 // The parsers of trigger/: this machine's files parse; bad input gets an error that names the
 // file, the line and what is wrong, never a crash.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
