@@ -11,6 +11,7 @@ REPATCH_PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   valgrind
   python3 gnuplot-nox  # bench/run-all: the tables (bench/report.py) and the plots
+  clang libclang-rt-14-dev  # libFuzzer for scripts/fuzz
 )
 
 repatch_install_missing() {

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "tools/monitor_command.h"
 #include "tools/status_command.h"
 #include "tools/stress_command.h"
 
@@ -18,6 +19,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  status     boot the demo guest and list its groups and sites\n"
     "  stress     run the guest workload while groups switch; check and report\n"
+    "  monitor    show this machine's oversubscription hints and what the trigger would do\n"
     "\n"
     "  repatch <command> --help    help for one command\n"
     "  repatch --version           print the version\n";
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   }
   if (command == "status") return repatch::tools::status_command(argc - 2, argv + 2);
   if (command == "stress") return repatch::tools::stress_command(argc - 2, argv + 2);
+  if (command == "monitor") return repatch::tools::monitor_command(argc - 2, argv + 2);
   std::fprintf(stderr, "repatch: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }
