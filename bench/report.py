@@ -238,6 +238,83 @@ def shootdown_latency(data):
     return text, errors
 
 
+def trigger_reaction(data):
+    rows, errors = iterations(data)
+    out = []
+    for b in rows:
+        parts = [p for p in b["run_name"].split("/")[1:] if ":" not in p and p != "manual_time"]
+        vcpus, interval_us = int(parts[0]), int(parts[1])
+        bound = 2 * interval_us + b["blackout_med_us"]
+        out.append([vcpus, fmt(interval_us / 1000), fmt(b["med_us"]), fmt(b["p99_us"]),
+                    fmt(b["poll_med_us"]), fmt(b["switch_med_us"]), fmt(b["blackout_med_us"]),
+                    ratio(b["med_us"], bound), int(b["over_bound"])])
+    out.sort(key=lambda r: (r[0], float(r[1].replace(",", ""))))
+    text = ("### Trigger reaction (trigger_reaction; baseline: two polling intervals plus the "
+            "blackout)\n\n"
+            "µs from a reading that crosses a threshold to the committed switch of spinlock and "
+            "tlb: median and p99 of each row's crossings, and the median of its parts.\n\n"
+            + table(["vCPUs", "interval ms", "median µs", "p99 µs", "poll wait µs", "switch µs",
+                     "blackout µs", "median / bound", "samples over bound"], out))
+    return text, errors
+
+
+PHASES = ("dedicated1", "oversub", "dedicated2")
+
+
+def adaptive_phases(data):
+    rows, errors = iterations(data)
+    cells = defaultdict(lambda: defaultdict(list))
+    for b in rows:
+        lock, _ = parse_name(b["run_name"])
+        for counter in PHASES + ("overall", "switches"):
+            cells[lock][counter].append(b[counter])
+    statics = [l for l in ("native", "pv", "mutex", "tas") if l in cells]
+    med = {l: {c: percentile(v, 0.5) for c, v in cells[l].items()} for l in cells}
+    out = []
+    for lock in statics + (["adaptive"] if "adaptive" in cells else []):
+        row = [lock]
+        for counter in PHASES + ("overall",):
+            best = max((med[l][counter] for l in statics), default=None)
+            row.append(f"{fmt(med[lock][counter])} ({ratio(med[lock][counter], best)})")
+        row.append(fmt(med[lock]["switches"]))
+        out.append(row)
+    verdicts = []
+    if "adaptive" in med and statics:
+        for counter in PHASES:
+            best = max(statics, key=lambda l: med[l][counter])
+            r = med["adaptive"][counter] / med[best][counter] if med[best][counter] else 0
+            verdicts.append(f"- {counter}: adaptive / best static ({best}) = {r:.3g}, target >= 0.9: "
+                            f"{'met' if r >= 0.9 else 'MISSED'}")
+        worst = min(statics, key=lambda l: med[l]["overall"])
+        r = med["adaptive"]["overall"] / med[worst]["overall"] if med[worst]["overall"] else 0
+        verdicts.append(f"- whole run: adaptive / worst static ({worst}) = {r:.3g}, target >= 3: "
+                        f"{'met' if r >= 3 else 'MISSED'}")
+    text = ("### Adaptive against every static choice (adaptive_phases; baseline: the best static "
+            "lock of each column)\n\n"
+            "Acquisitions per second of one lock, per phase (2 vCPUs dedicated, 16 vCPUs "
+            "oversubscribed with preemption, 2 dedicated again) and over the whole run: median "
+            "over the repetitions, then the ratio to the best static lock in that column. "
+            "`switches`: switches the trigger loop committed per run.\n\n"
+            + table(["lock"] + list(PHASES) + ["overall", "switches"], out)
+            + ("\n\n" + "\n".join(verdicts) if verdicts else ""))
+    return text, errors, med
+
+
+def plot_phases(results, med):
+    locks = [l for l in ("native", "pv", "mutex", "tas", "adaptive") if l in med]
+    lines = ["# lock " + " ".join(PHASES)]
+    for lock in locks:
+        lines.append(lock + " " + " ".join(str(max(med[lock][p], 1)) for p in PHASES))
+    columns = ", ".join(f"'' using {i + 2} title '{p}'" if i else
+                        f"'adaptive_phases.ops.dat' using 2:xtic(1) title '{p}'"
+                        for i, p in enumerate(PHASES))
+    return gnuplot(results, "adaptive_phases", (
+        "set title 'Throughput per phase for each lock (median)'\n"
+        "set ylabel 'acquisitions per second'\nset logscale y\nset style data histograms\n"
+        "set style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
+        f"plot {columns}\n"), {"ops": lines})
+
+
 # ---- plots --------------------------------------------------------------------------------------
 
 def gnuplot(results, name, script, datasets):
@@ -325,8 +402,8 @@ def main():
 
     sections, errors, plots = [], [], []
     first = None
-    for program in ("site_cost", "stop_blackout", "switch_blackout", "lock_throughput",
-                    "shootdown_latency"):
+    for program in ("adaptive_phases", "site_cost", "stop_blackout", "switch_blackout",
+                    "lock_throughput", "shootdown_latency", "trigger_reaction"):
         data = load(args.results, program)
         if data is None:
             sections.append(f"### {program}\n\nNot run: no {program}.json.")
@@ -354,6 +431,16 @@ def main():
             text, errs = shootdown_latency(data)
             sections.append(text)
             errors += errs
+        elif program == "trigger_reaction":
+            text, errs = trigger_reaction(data)
+            sections.append(text)
+            errors += errs
+        elif program == "adaptive_phases":
+            text, errs, med = adaptive_phases(data)
+            sections.append(text)
+            errors += errs
+            if not args.no_plots and med:
+                plots.append(plot_phases(args.results, med))
 
     head = [f"Generated by `{args.command}`" + (f" on commit {args.commit}" if args.commit else "")
             + ". Each program also prints its own summary, with the issue targets and a verdict, "
