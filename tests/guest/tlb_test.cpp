@@ -63,7 +63,8 @@ class Walker {
             last_frame_[page % pages].store(t.frame, std::memory_order_relaxed);
             translations_.fetch_add(1, std::memory_order_relaxed);
             if (page % 16 == 0) checkpoint();
-            if (done_remaps < remaps && page % 8 == 0) {
+            if (done_remaps < remaps && page % 8 == 0 &&
+                remaps_open_.load(std::memory_order_relaxed)) {
               Shootdown report{};
               remap(page % pages, ++frame, *targets, &report);
               marked_.fetch_add(report.marked, std::memory_order_relaxed);
@@ -85,6 +86,8 @@ class Walker {
   std::uint64_t translations() const { return translations_.load(); }
   std::uint32_t last_frame(std::uint64_t page) const { return last_frame_[page].load(); }
   int remaps_done() const { return remaps_done_.load(); }
+  /// Remaps start only once opened (they are open from the start unless closed first).
+  void set_remaps_open(bool open) { remaps_open_.store(open); }
   std::uint64_t marked() const { return marked_.load(); }
 
  private:
@@ -93,6 +96,7 @@ class Walker {
   std::atomic<sync::VcpuId> id_{0};
   std::atomic<std::uint64_t> translations_{0};
   std::atomic<int> remaps_done_{0};
+  std::atomic<bool> remaps_open_{true};
   std::atomic<std::uint64_t> marked_{0};
   std::atomic<std::uint32_t> last_frame_[kPages] = {};
   std::thread thread_;
@@ -147,6 +151,7 @@ void no_stale_read_under_fire(const char* variant) {
     everyone.set(id);
   for (int i = 0; i < 3; ++i) {
     walkers.push_back(std::make_unique<Walker>(kPagesUsed, kRemapsEach, &everyone));
+    walkers.back()->set_remaps_open(false);
   }
   std::vector<sync::VcpuId> ids;
   for (const auto& w : walkers) {
@@ -156,6 +161,11 @@ void no_stale_read_under_fire(const char* variant) {
   hypervisor::Preemptor preemptor(hypervisor::schedule(
       0x7eb, ids, 100000,
       {.min_gap = 200us, .max_gap = 2ms, .min_duration = 100us, .max_duration = 2ms}));
+  // The shootdowns begin once the hypervisor is preempting: on a busy machine they could otherwise
+  // all be over before its first preemption.
+  ASSERT_TRUE(eventually([&] { return preemptor.played() > 0; }));
+  for (const auto& w : walkers)
+    w->set_remaps_open(true);
   ASSERT_TRUE(eventually([&] {
     for (const auto& w : walkers) {
       if (w->remaps_done() < kRemapsEach) return false;
