@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "repatch/triggers.h"
 #include "tools/json.h"
@@ -86,8 +87,17 @@ int parse(int argc, char** argv, Options& o) {
   o.policy.dry_run = true;
   bool json = false, trace = false;
   for (int i = 0; i < argc; ++i) {
-    const std::string_view arg = argv[i];
+    // --option=value is --option value.
+    std::string_view arg = argv[i];
+    const char* inline_value = nullptr;
+    const std::string name(arg.substr(0, arg.find('=')));  // for messages
+    if (const std::size_t eq = arg.find('=');
+        arg.starts_with("--") && eq != std::string_view::npos) {
+      inline_value = argv[i] + eq + 1;
+      arg = arg.substr(0, eq);
+    }
     auto next = [&]() -> const char* {
+      if (inline_value != nullptr) return std::exchange(inline_value, nullptr);
       if (i + 1 >= argc) {
         std::fprintf(stderr, "repatch monitor: %s needs a value\n", argv[i]);
         return nullptr;
@@ -111,7 +121,7 @@ int parse(int argc, char** argv, Options& o) {
         std::fprintf(stderr,
                      "repatch monitor: %s wants a time such as 250ms, 2s or 1.5 (seconds, more "
                      "than 0, at most an hour), not '%s'\n",
-                     argv[i - 1], v);
+                     name.c_str(), v);
         return 2;
       }
       (arg == "--interval" ? o.interval : o.policy.min_dwell) = *t;
@@ -137,11 +147,15 @@ int parse(int argc, char** argv, Options& o) {
       if (!field) {
         std::fprintf(stderr,
                      "repatch monitor: %s wants ENTER:LEAVE in percent or 'off', not '%s'\n",
-                     argv[i - 1], v);
+                     name.c_str(), v);
         return 2;
       }
     } else {
       std::fprintf(stderr, "repatch monitor: unknown argument '%s'\n\n%s", argv[i], kUsage);
+      return 2;
+    }
+    if (inline_value != nullptr) {
+      std::fprintf(stderr, "repatch monitor: %s takes no value\n", name.c_str());
       return 2;
     }
   }
