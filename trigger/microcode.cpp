@@ -102,7 +102,9 @@ MicrocodeWatcher::MicrocodeWatcher(std::unique_ptr<CpuSource> cpu, Engine* engin
 Result<std::optional<MicrocodeReport>> MicrocodeWatcher::poll() {
   Result<MicrocodeRevision> revision = cpu_->revision();
   if (!revision.ok()) return revision.error();
-  if (revision.value() == revision_) return std::optional<MicrocodeReport>();
+  // Unchanged, and every group matched its feature after the last reload: nothing to do. A switch
+  // that failed is tried again at each poll, whatever the revision.
+  if (revision.value() == revision_ && !unsettled_) return std::optional<MicrocodeReport>();
   Result<MicrocodeReport> report = reloaded();
   if (!report.ok()) return report.error();
   return std::optional<MicrocodeReport>(std::move(report.value()));
@@ -130,14 +132,7 @@ Result<MicrocodeReport> MicrocodeWatcher::reloaded() {
                        config_.whitelist.end(),
         .groups = {}};
     for (const GroupStatus& g : status.groups) {
-      if (g.feature != f || g.variants.size() != 2) continue;
-      change.groups.push_back(g.name);
-      if (!change.whitelisted) continue;
-      const std::string& target = g.variants[is ? 1 : 0];
-      // An unpatched group ("indirect") runs its default variant through its slots.
-      const std::string& current = g.variant == kIndirectVariant ? g.variants[0] : g.variant;
-      if (current == target) continue;
-      (g.interchangeable ? batch : stop).push_back({g.name, target});
+      if (g.feature == f && g.variants.size() == 2) change.groups.push_back(g.name);
     }
     if (!change.whitelisted) {
       std::string what = f + (is ? " added" : " removed");
@@ -150,6 +145,19 @@ Result<MicrocodeReport> MicrocodeWatcher::reloaded() {
       report.needs_restart.push_back(std::move(what));
     }
     report.changes.push_back(std::move(change));
+  }
+  // Every whitelisted feature-keyed group goes to the variant its feature calls for: the groups of
+  // the features that changed now, and any group a failed switch of an earlier reload left behind.
+  for (const GroupStatus& g : status.groups) {
+    if (g.feature.empty() || g.variants.size() != 2 ||
+        std::find(config_.whitelist.begin(), config_.whitelist.end(), g.feature) ==
+            config_.whitelist.end()) {
+      continue;
+    }
+    const std::string& target = g.variants[contains(features.value(), g.feature) ? 1 : 0];
+    // An unpatched group ("indirect") runs its default variant through its slots.
+    const std::string& current = g.variant == kIndirectVariant ? g.variants[0] : g.variant;
+    if (current != target) (g.interchangeable ? batch : stop).push_back({g.name, target});
   }
   auto run = [&](std::vector<GroupChoice>& choices, SwitchWriter writer) {
     if (choices.empty()) return;
@@ -166,6 +174,7 @@ Result<MicrocodeReport> MicrocodeWatcher::reloaded() {
   run(stop, SwitchWriter::kStopMachine);
   revision_ = std::move(revision.value());
   features_ = std::move(features.value());
+  unsettled_ = !report.ok();
   return report;
 }
 

@@ -478,16 +478,19 @@ class MicrocodeWatcher {
                                                           MicrocodeConfig config = {},
                                                           SwitchFunction switcher = {});
 
-  /// Reads the revision; when it differs from the last one seen, reloads (as reloaded()) and
-  /// returns the report; std::nullopt when unchanged. Fails with what the source fails with.
+  /// Reads the revision; when it differs from the last one seen, or when a switch of the last
+  /// reload failed, reloads (as reloaded()) and returns the report; std::nullopt otherwise. Call it
+  /// periodically: it is how a late load is noticed, and how a failed switch is retried. Fails with
+  /// what the source fails with.
   Result<std::optional<MicrocodeReport>> poll();
 
   /// "Microcode was reloaded": re-reads revision and features, diffs the features against the
-  /// last ones seen, switches each group keyed on a changed whitelisted feature to the variant
-  /// that matches (the one needing the feature when present, the default otherwise; groups
-  /// already there are left alone), and reports the rest as needing a restart. A failed switch is
-  /// in the report (ok() false); the features are still taken as seen, so the next call does not
-  /// repeat the diff. Fails only when the source fails (nothing is switched then).
+  /// last ones seen (the report's changes), switches every group keyed on a whitelisted feature
+  /// to the variant that matches (the one needing the feature when present, the default
+  /// otherwise; groups already there are left alone), and reports changed features outside the
+  /// whitelist as needing a restart. A failed switch is in the report (ok() false) and is tried
+  /// again by the next poll() or reloaded(). Fails only when the source fails (nothing is switched
+  /// then).
   Result<MicrocodeReport> reloaded();
 
   /// The features as last read from the CPU source (at create(), then at each reload).
@@ -502,6 +505,7 @@ class MicrocodeWatcher {
   SwitchFunction switcher_;
   MicrocodeRevision revision_;
   FeatureSet features_;
+  bool unsettled_ = false;  // a switch of the last reload failed: poll() retries
 };
 
 }  // namespace repatch::triggers

@@ -219,15 +219,17 @@ TEST(TriggerMicrocode, FailedSwitchIsReportedAndUnknownNamesRefused) {
   ASSERT_TRUE(sim.ok());
   SimulatedCpu* simulated = sim.value().get();
   int calls = 0;
-  auto watcher =
-      MicrocodeWatcher::create(std::move(sim.value()), engine.value(), MicrocodeConfig{},
-                               [&](const std::vector<GroupChoice>&, const SwitchOptions&) {
-                                 ++calls;
-                                 SwitchOutcome o;
-                                 o.status = Error(ErrorCode::kState, "refused for the test");
-                                 o.reason = SwitchAbort::kRefused;
-                                 return o;
-                               });
+  bool refuse = true;
+  auto watcher = MicrocodeWatcher::create(
+      std::move(sim.value()), engine.value(), MicrocodeConfig{},
+      [&](const std::vector<GroupChoice>& choices, const SwitchOptions& options) {
+        ++calls;
+        if (!refuse) return engine.value()->switch_groups(choices, options);
+        SwitchOutcome o;
+        o.status = Error(ErrorCode::kState, "refused for the test");
+        o.reason = SwitchAbort::kRefused;
+        return o;
+      });
   ASSERT_TRUE(watcher.ok());
   const std::string before = engine.value()->current_variant("cache_flush").value();
   ASSERT_TRUE(simulated->load_update("0x9", {}, removed).ok());
@@ -238,6 +240,21 @@ TEST(TriggerMicrocode, FailedSwitchIsReportedAndUnknownNamesRefused) {
   EXPECT_NE(describe(r.value()).find("FAILED: state: refused for the test"), std::string::npos)
       << describe(r.value());
   EXPECT_EQ(engine.value()->current_variant("cache_flush").value(), before);
+
+  // The next poll retries, although the revision has not changed again; once it commits, polls
+  // are quiet.
+  refuse = false;
+  Result<std::optional<MicrocodeReport>> retried = watcher.value()->poll();
+  ASSERT_TRUE(retried.ok());
+  ASSERT_TRUE(retried.value().has_value()) << "a failed switch was not retried";
+  EXPECT_TRUE(retried.value()->ok()) << describe(*retried.value());
+  EXPECT_TRUE(retried.value()->changes.empty());
+  if (has(removed, "clflushopt")) {
+    EXPECT_EQ(engine.value()->current_variant("cache_flush").value(), "clflush");
+  }
+  Result<std::optional<MicrocodeReport>> quiet = watcher.value()->poll();
+  ASSERT_TRUE(quiet.ok());
+  EXPECT_FALSE(quiet.value().has_value());
 }
 
 }  // namespace
