@@ -157,7 +157,7 @@ TEST(TriggerLoop, SimulatedHypervisorDrivesSpinlockAndTlb) {
   EXPECT_TRUE(engine->verify_sites().ok());
 }
 
-TEST(TriggerLoop, ReactsWithinTwoIntervalsPlusBlackout) {
+TEST(TriggerLoop, DecidesWithinTwoIntervalsOfTheCrossing) {
   Engine* engine = setup();
   ASSERT_NE(engine, nullptr);
   Guest guest(2);
@@ -189,11 +189,16 @@ TEST(TriggerLoop, ReactsWithinTwoIntervalsPlusBlackout) {
     return d.action == Action::kSwitch && d.committed;
   });
   ASSERT_NE(it, log.end());
+  // The loop's part of the reaction is noticing: the decision comes within two intervals of the
+  // crossing. The switch call that follows is the engine's (blackout, planning, retries), and
+  // bench/trigger_reaction measures the whole. The bound is generous (1 s of slack): a loaded
+  // 2-core machine may not run the loop's thread for a while, and this is not a benchmark.
+  const std::chrono::nanoseconds noticed = it->decided_at - crossed;
   const std::chrono::nanoseconds reaction = it->switched_at - crossed;
-  // Two intervals plus the blackout, and a generous 500 ms for a loaded 2-core machine.
-  EXPECT_LE(reaction, 2 * config.interval + it->blackout + 500ms)
-      << "reaction " << reaction.count() / 1000 << " us; " << describe(*it);
-  EXPECT_GT(reaction, 0ns);
+  EXPECT_LE(noticed, 2 * config.interval + 1s)
+      << "decided " << noticed.count() / 1000 << " us after the crossing; " << describe(*it);
+  EXPECT_GT(noticed, 0ns);
+  EXPECT_GE(reaction, noticed);
   EXPECT_EQ(engine->current_variant("spinlock").value(), "pv");
 }
 
