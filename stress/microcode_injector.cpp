@@ -83,7 +83,7 @@ bool MicrocodeInjector::stop_within(std::chrono::milliseconds timeout) {
 void MicrocodeInjector::inject_one() {
   const std::uint64_t n = totals_.updates + 1;
   char revision[32];
-  std::snprintf(revision, sizeof revision, "0x%llx", static_cast<unsigned long long>(n + 1));
+  std::snprintf(revision, sizeof revision, "0x%llx", static_cast<unsigned long long>(n) + 1);
   // Odd updates remove the toggled features, even ones add them back: the CPU never gains a
   // feature it did not have at the start.
   const bool remove = n % 2 == 1;

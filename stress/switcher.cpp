@@ -49,7 +49,7 @@ SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
 SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
                                            const SwitchOptions& options) {
   in_switch_since_.store(now_ns(), std::memory_order_relaxed);
-  const SwitchOutcome outcome = engine_->switch_groups(request.choices, options);
+  SwitchOutcome outcome = engine_->switch_groups(request.choices, options);
   in_switch_since_.store(0, std::memory_order_relaxed);
   ++totals_.requested;
   std::uint64_t aborts = 0;
