@@ -73,12 +73,14 @@ std::string render_summary(const Report& r) {
 std::string render_text(const Report& r) {
   const Scenario& s = r.scenario;
   std::string out;
+  const std::string switching = s.trigger == Trigger::kManual
+                                    ? format("switch rate %g/s (trigger manual)", s.switch_rate)
+                                    : format("switches by trigger %s", trigger_name(s.trigger));
   out += format(
-      "scenario: %d vCPUs, %.1f s, switch rate %g/s (trigger %s), NMI rate %g/s, "
-      "preempt rate %g/s, %d locks, microcode every %g s, seed %llu\n",
-      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, s.switch_rate,
-      trigger_name(s.trigger), s.nmi_rate, s.preempt_rate, s.locks, s.microcode_every_s,
-      ull(s.seed));
+      "scenario: %d vCPUs, %.1f s, %s, NMI rate %g/s, preempt rate %g/s, %d locks, microcode "
+      "every %g s, seed %llu\n",
+      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(), s.nmi_rate,
+      s.preempt_rate, s.locks, s.microcode_every_s, ull(s.seed));
   out += "groups switched: " + joined(r.groups) + "\n";
   out += format("elapsed: %.2f s\n", r.elapsed_s);
   out += "\n";

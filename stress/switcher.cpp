@@ -48,9 +48,12 @@ SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
 
 SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
                                            const SwitchOptions& options) {
+  // Relaxed: the watchdog reads these as hints for its report, nothing else depends on them.
+  in_switch_tid_.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_relaxed);
   in_switch_since_.store(now_ns(), std::memory_order_relaxed);
   SwitchOutcome outcome = engine_->switch_groups(request.choices, options);
   in_switch_since_.store(0, std::memory_order_relaxed);
+  in_switch_tid_.store(0, std::memory_order_relaxed);
   ++totals_.requested;
   std::uint64_t aborts = 0;
   for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {

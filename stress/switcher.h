@@ -68,6 +68,9 @@ class Switcher {
   std::int64_t in_switch_since() const { return in_switch_since_.load(std::memory_order_relaxed); }
   /// The switcher thread's kernel id (0 before it starts).
   pid_t tid() const { return tid_.load(std::memory_order_acquire); }
+  /// The kernel id of the thread inside the switch in progress (the switcher's, or make()'s
+  /// caller's), or 0 when none is. For the watchdog.
+  pid_t in_switch_tid() const { return in_switch_tid_.load(std::memory_order_relaxed); }
   /// The totals. Only after stop().
   const SwitchTotals& totals() const { return totals_; }
   const SwitchDecider& decider() const { return *decider_; }
@@ -85,6 +88,7 @@ class Switcher {
   std::atomic<std::uint64_t> aborted_{0};
   std::atomic<std::int64_t> in_switch_since_{0};
   std::atomic<pid_t> tid_{0};
+  std::atomic<pid_t> in_switch_tid_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};
   std::thread thread_;
