@@ -76,11 +76,14 @@ std::string render_text(const Report& r) {
   const std::string switching = s.trigger == Trigger::kManual
                                     ? format("switch rate %g/s (trigger manual)", s.switch_rate)
                                     : format("switches by trigger %s", trigger_name(s.trigger));
+  const std::string microcode = s.microcode_every_s > 0
+                                    ? format("microcode update every %g s", s.microcode_every_s)
+                                    : std::string("no microcode updates");
   out += format(
-      "scenario: %d vCPUs, %.1f s, %s, NMI rate %g/s, preempt rate %g/s, %d locks, microcode "
-      "every %g s, seed %llu\n",
+      "scenario: %d vCPUs, %.1f s, %s, NMI rate %g/s, preempt rate %g/s, %d locks, %s, "
+      "seed %llu\n",
       s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(), s.nmi_rate,
-      s.preempt_rate, s.locks, s.microcode_every_s, ull(s.seed));
+      s.preempt_rate, s.locks, microcode.c_str(), ull(s.seed));
   out += "groups switched: " + joined(r.groups) + "\n";
   out += format("elapsed: %.2f s\n", r.elapsed_s);
   out += "\n";
