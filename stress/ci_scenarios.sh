@@ -54,6 +54,9 @@ pass "nmi storm" --duration 3 --groups demo_lock,spinlock --nmi-rate 20000
 pass "batch" --duration 3 --groups demo_clock --switch-rate 1000
 # Oversubscribed: more vCPUs than cores, preempted often (H3, H9).
 pass "oversubscribed" --duration 3 --vcpus 8 --preempt-rate 500
+# The trigger policy over the simulated hypervisor's steal time, with late microcode loads
+# switching the feature-keyed groups under load.
+pass "triggers and microcode" --duration 3 --trigger simulated --microcode-every 0.5
 
 caught lock_convert stuck --duration 3 --groups spinlock --watchdog 2
 caught tlb_drain state_encoding --duration 3 --groups tlb,spinlock --preempt-rate 1000

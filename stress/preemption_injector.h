@@ -17,8 +17,13 @@ class PreemptionInjector {
  public:
   /// Starts playing hypervisor::schedule(seed, vcpus, ...) with gaps chosen so that about `rate`
   /// preemptions happen per second, enough of them to last `duration`. A rate of 0 plays nothing.
+  /// With `phases`, the host's contention comes and goes: the schedule alternates
+  /// kPhaseLength of that rate with kPhaseLength of a quarter of it (gaps four times as long),
+  /// so that a trigger watching the steal time has something to react to.
   PreemptionInjector(const std::vector<sync::VcpuId>& vcpus, double rate,
-                     std::chrono::milliseconds duration, std::uint64_t seed);
+                     std::chrono::milliseconds duration, std::uint64_t seed, bool phases = false);
+
+  static constexpr std::chrono::seconds kPhaseLength{2};
   /// Stops (resuming a vCPU it parked) and joins.
   ~PreemptionInjector();
   PreemptionInjector(const PreemptionInjector&) = delete;

@@ -73,11 +73,17 @@ std::string render_summary(const Report& r) {
 std::string render_text(const Report& r) {
   const Scenario& s = r.scenario;
   std::string out;
+  const std::string switching = s.trigger == Trigger::kManual
+                                    ? format("switch rate %g/s (trigger manual)", s.switch_rate)
+                                    : format("switches by trigger %s", trigger_name(s.trigger));
+  const std::string microcode = s.microcode_every_s > 0
+                                    ? format("microcode update every %g s", s.microcode_every_s)
+                                    : std::string("no microcode updates");
   out += format(
-      "scenario: %d vCPUs, %.1f s, switch rate %g/s (trigger %s), NMI rate %g/s, "
-      "preempt rate %g/s, %d locks, seed %llu\n",
-      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, s.switch_rate,
-      trigger_name(s.trigger), s.nmi_rate, s.preempt_rate, s.locks, ull(s.seed));
+      "scenario: %d vCPUs, %.1f s, %s, NMI rate %g/s, preempt rate %g/s, %d locks, %s, "
+      "seed %llu\n",
+      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(), s.nmi_rate,
+      s.preempt_rate, s.locks, microcode.c_str(), ull(s.seed));
   out += "groups switched: " + joined(r.groups) + "\n";
   out += format("elapsed: %.2f s\n", r.elapsed_s);
   out += "\n";
@@ -111,14 +117,48 @@ std::string render_text(const Report& r) {
       ull(r.nmis_injected), ull(r.nmis_injected_failed), ull(r.nmis_delivered));
   out += format("preemptions: %llu, steal time %.1f ms\n", ull(r.preemptions),
                 static_cast<double>(r.steal_ns) / 1e6);
-  out += r.microcode_events ? format("microcode events: %llu\n", ull(*r.microcode_events))
-                            : std::string("microcode events: not simulated in this build\n");
+  if (r.trigger) {
+    const TriggerTotals& t = *r.trigger;
+    out += format("trigger %s: steal enter %.3f%%, leave %.3f%%; decisions:", t.source.c_str(),
+                  r.trigger_steal_enter, r.trigger_steal_leave);
+    for (std::size_t i = 0; i < kActionCount; ++i) {
+      out += format("%s %s %llu", i == 0 ? "" : ",",
+                    triggers::action_name(static_cast<triggers::Action>(i)), ull(t.by_action[i]));
+    }
+    out += t.source_ended != 0 ? "; the source ended\n" : "\n";
+    if (!t.first_source_error.empty())
+      out += "  first source error: " + t.first_source_error + "\n";
+    for (const std::string& line : t.switches)
+      out += "  " + line + "\n";
+  }
+  if (r.microcode_events) {
+    const MicrocodeTotals& m = *r.microcode_events;
+    out += format(
+        "microcode events: %llu updates, %llu reloads, %llu feature changes, %llu switches "
+        "committed, %llu failed, %llu needs restart, %llu errors (toggling: %s; groups: %s)\n",
+        ull(m.updates), ull(m.reloads), ull(m.feature_changes), ull(m.switches_committed),
+        ull(m.switches_failed), ull(m.needs_restart), ull(m.errors),
+        m.toggled.empty() ? "none" : joined(m.toggled).c_str(),
+        m.groups.empty() ? "none" : joined(m.groups).c_str());
+    for (const std::string& line : m.lines) {
+      std::size_t from = 0;
+      while (from < line.size()) {
+        const std::size_t nl = std::min(line.find('\n', from), line.size());
+        out += "  " + line.substr(from, nl - from) + "\n";
+        from = nl + 1;
+      }
+    }
+  } else {
+    out += "microcode events: off (--microcode-every 0)\n";
+  }
   out += "\n";
   out += format("ops: %llu (%.0f per second)\n", ull(r.ops),
                 r.elapsed_s > 0 ? static_cast<double>(r.ops) / r.elapsed_s : 0.0);
-  out += format("lock acquisitions: native %llu, pv %llu; in NMI handlers %llu; demo lock %llu\n",
-                ull(r.acquisitions_native), ull(r.acquisitions_pv), ull(r.nmi_acquisitions),
-                ull(r.demo_increments));
+  out += format(
+      "lock acquisitions: native %llu, pv %llu; in NMI handlers %llu; demo lock %llu; elided "
+      "lock %llu\n",
+      ull(r.acquisitions_native), ull(r.acquisitions_pv), ull(r.nmi_acquisitions),
+      ull(r.demo_increments), ull(r.elided_increments));
   out += format("  lock waits restarted by a conversion: %llu, pv sleeps: %llu\n",
                 ull(r.lock_restarts), ull(r.lock_sleeps));
   out += format(
@@ -155,6 +195,8 @@ std::string render_json(const Report& r) {
   j.key("preempt_rate").value(s.preempt_rate);
   j.key("locks").value(static_cast<std::uint64_t>(s.locks));
   j.key("trigger").value(trigger_name(s.trigger));
+  if (s.trigger == Trigger::kReplay) j.key("replay_file").value(s.replay_file);
+  j.key("microcode_every_s").value(s.microcode_every_s);
   j.key("seed").value(s.seed);
   j.key("watchdog_s").value(static_cast<double>(s.watchdog.count()) / 1000.0);
   j.key("groups").begin_array();
@@ -200,9 +242,51 @@ std::string render_json(const Report& r) {
   j.end_object();
   j.key("preemptions").value(r.preemptions);
   j.key("steal_ns").value(r.steal_ns);
+  j.key("trigger_decisions");
+  if (r.trigger) {
+    const TriggerTotals& t = *r.trigger;
+    j.begin_object();
+    j.key("source").value(t.source);
+    j.key("steal_enter_percent").value(r.trigger_steal_enter);
+    j.key("steal_leave_percent").value(r.trigger_steal_leave);
+    j.key("by_action").begin_object();
+    for (std::size_t i = 0; i < kActionCount; ++i)
+      j.key(triggers::action_name(static_cast<triggers::Action>(i))).value(t.by_action[i]);
+    j.end_object();
+    j.key("source_ended").value(t.source_ended != 0);
+    j.key("first_source_error").value(t.first_source_error);
+    j.key("switches").begin_array();
+    for (const std::string& line : t.switches)
+      j.value(line);
+    j.end_array();
+    j.end_object();
+  } else {
+    j.null_value();
+  }
   j.key("microcode_events");
   if (r.microcode_events) {
-    j.value(*r.microcode_events);
+    const MicrocodeTotals& m = *r.microcode_events;
+    j.begin_object();
+    j.key("toggled").begin_array();
+    for (const std::string& f : m.toggled)
+      j.value(f);
+    j.end_array();
+    j.key("groups").begin_array();
+    for (const std::string& g : m.groups)
+      j.value(g);
+    j.end_array();
+    j.key("updates").value(m.updates);
+    j.key("reloads").value(m.reloads);
+    j.key("feature_changes").value(m.feature_changes);
+    j.key("switches_committed").value(m.switches_committed);
+    j.key("switches_failed").value(m.switches_failed);
+    j.key("needs_restart").value(m.needs_restart);
+    j.key("errors").value(m.errors);
+    j.key("reports").begin_array();
+    for (const std::string& line : m.lines)
+      j.value(line);
+    j.end_array();
+    j.end_object();
   } else {
     j.null_value();
   }
@@ -212,6 +296,7 @@ std::string render_json(const Report& r) {
   j.key("pv").value(r.acquisitions_pv);
   j.key("nmi").value(r.nmi_acquisitions);
   j.key("demo").value(r.demo_increments);
+  j.key("elided").value(r.elided_increments);
   j.key("restarts").value(r.lock_restarts);
   j.key("pv_sleeps").value(r.lock_sleeps);
   j.end_object();

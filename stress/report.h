@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "repatch/engine.h"
+#include "stress/microcode_injector.h"
 #include "stress/scenario.h"
 #include "stress/switcher.h"
+#include "stress/trigger_decider.h"
 #include "stress/violations.h"
 
 namespace repatch::stress {
@@ -31,15 +33,21 @@ struct Report {
   std::uint64_t nmis_delivered = 0;        ///< NMI handler runs on the vCPUs, any sender
   std::uint64_t preemptions = 0;           ///< preemptions that ended (all vCPUs)
   std::uint64_t steal_ns = 0;              ///< time the vCPUs spent parked
-  /// Simulated microcode updates. Not simulated in this build: absent (null in JSON, "not
-  /// simulated" in text), never a made-up zero.
-  std::optional<std::uint64_t> microcode_events;
+  /// The simulated microcode updates and what they switched; absent (null in JSON, "off" in text)
+  /// without --microcode-every.
+  std::optional<MicrocodeTotals> microcode_events;
+  /// The trigger policy's decisions; absent with --trigger manual.
+  std::optional<TriggerTotals> trigger;
+  // The trigger's policy as configured (with `trigger`).
+  double trigger_steal_enter = 0;
+  double trigger_steal_leave = 0;
   // The workload.
   std::uint64_t ops = 0;
   std::uint64_t acquisitions_native = 0;
   std::uint64_t acquisitions_pv = 0;
   std::uint64_t nmi_acquisitions = 0;
   std::uint64_t demo_increments = 0;
+  std::uint64_t elided_increments = 0;  ///< under the elided locks (the feature-keyed sites)
   std::uint64_t translations = 0;
   std::uint64_t shootdowns = 0;
   std::uint64_t shootdowns_marked = 0;

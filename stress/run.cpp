@@ -1,6 +1,8 @@
 #include "stress/run.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -12,12 +14,15 @@
 #include "guest/tlb_group_state.h"
 #include "stress/crash_report.h"
 #include "stress/invariants.h"
+#include "stress/microcode_injector.h"
 #include "stress/nmi_injector.h"
 #include "stress/preemption_injector.h"
 #include "stress/progress.h"
 #include "stress/switcher.h"
+#include "stress/trigger_decider.h"
 #include "stress/watchdog.h"
 #include "stress/workload.h"
+#include "trigger/simulated_source.h"
 
 namespace repatch::stress {
 namespace {
@@ -78,11 +83,43 @@ Result<std::vector<SwitchableGroup>> resolve_groups(Engine* engine, const Scenar
   return out;
 }
 
-Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup> groups) {
+Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup> groups,
+           std::unique_ptr<triggers::HintSource> replay) {
   Report report;
   report.scenario = scenario;
+  // The features simulated microcode updates toggle, and the groups keyed on them: those follow
+  // the features alone, so the decider leaves them out.
+  std::vector<std::string> toggled;
+  std::vector<std::string> microcode_groups;
+  if (scenario.microcode_every_s > 0) {
+    Result<std::vector<std::string>> features = MicrocodeInjector::toggleable_features();
+    if (!features.ok()) {
+      report.error = "--microcode-every: " + features.error().to_string();
+      return report;
+    }
+    toggled = std::move(features.value());
+    for (const GroupStatus& g : engine->status().groups) {
+      if (std::find(toggled.begin(), toggled.end(), g.feature) != toggled.end())
+        microcode_groups.push_back(g.name);
+    }
+    std::erase_if(groups, [&](const SwitchableGroup& g) {
+      return std::find(microcode_groups.begin(), microcode_groups.end(), g.name) !=
+             microcode_groups.end();
+    });
+  }
+  if (scenario.trigger != Trigger::kManual) {
+    // The policy's modes move spinlock and tlb together.
+    std::erase_if(groups,
+                  [](const SwitchableGroup& g) { return g.name != "spinlock" && g.name != "tlb"; });
+    if (groups.size() != 2) {
+      report.error = "--trigger needs the spinlock and tlb groups, which this guest lacks";
+      return report;
+    }
+  }
   for (const SwitchableGroup& g : groups)
     report.groups.push_back(g.name);
+  for (const std::string& g : microcode_groups)
+    report.groups.push_back(g);
   // Heap-allocated so that, when threads are stuck, what they use can be left alive (released)
   // rather than destroyed under them.
   if (Status s = install_crash_report(); !s.ok()) {
@@ -100,19 +137,55 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
       std::make_unique<Invariants>(engine, *workload, violations, report.groups);
   Invariants& invariants = *invariants_owner;
   const Clock::time_point start = Clock::now();
+  // A simulated trigger watches the steal time: the host's contention comes and goes in phases.
   auto preemptions = std::make_unique<PreemptionInjector>(workload->ids(), scenario.preempt_rate,
-                                                          scenario.duration, scenario.seed);
+                                                          scenario.duration, scenario.seed,
+                                                          scenario.trigger == Trigger::kSimulated);
   auto nmis = std::make_unique<NmiInjector>(workload->ids(), scenario.nmi_rate, scenario.seed);
   std::unique_ptr<SwitchDecider> decider;
-  if (scenario.switch_rate > 0 && !groups.empty()) {
+  TriggerDecider* trigger = nullptr;
+  if (scenario.trigger != Trigger::kManual) {
+    std::unique_ptr<triggers::HintSource> source;
+    switch (scenario.trigger) {
+      case Trigger::kSimulated:
+        source = triggers::make_simulated_source(workload->ids());
+        break;
+      case Trigger::kReal:
+        source = triggers::make_real_source();
+        break;
+      case Trigger::kReplay:
+      case Trigger::kManual:
+        source = std::move(replay);
+        break;
+    }
+    const TriggerSettings settings = trigger_settings(scenario);
+    report.trigger_steal_enter = settings.policy.steal->enter;
+    report.trigger_steal_leave = settings.policy.steal->leave;
+    auto owned = std::make_unique<TriggerDecider>(std::move(groups), std::move(source), settings);
+    trigger = owned.get();
+    decider = std::move(owned);
+  } else if (scenario.switch_rate > 0 && !groups.empty()) {
     decider = std::make_unique<RateDecider>(std::move(groups), scenario.switch_rate, scenario.seed,
                                             start);
   }
+  const bool switching = decider != nullptr;
   auto switcher = std::make_unique<Switcher>(
       engine, std::move(decider),
       [&invariants](const SwitchRequest& request) { invariants.after_commit(request); });
-  const bool switching = scenario.switch_rate > 0 && !report.groups.empty();
   if (switching) switcher->start();
+  std::unique_ptr<MicrocodeInjector> microcode;
+  if (scenario.microcode_every_s > 0) {
+    Result<std::unique_ptr<MicrocodeInjector>> created = MicrocodeInjector::create(
+        engine, switcher.get(),
+        std::chrono::milliseconds(std::llround(scenario.microcode_every_s * 1000.0)),
+        workload->ids().size());
+    if (created.ok()) {
+      microcode = std::move(created.value());
+      microcode->start();
+    } else {
+      report.error = "--microcode-every: " + created.error().to_string();
+    }
+  }
   auto watchdog = std::make_unique<Watchdog>(*workload, *switcher, violations, scenario.watchdog);
   if (Status s = watchdog->start(); !s.ok()) report.error = s.error().to_string();
   {
@@ -127,8 +200,11 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   report.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
   report.stuck = watchdog->fired();
 
-  // Stop the switches first, so that none runs while the vCPUs leave; then the injectors.
-  const bool switcher_stopped = !switching || switcher->stop_within(scenario.watchdog);
+  // Stop the switches first, so that none runs while the vCPUs leave; then the injectors. The
+  // microcode injector's switches go through the switcher, so it stops first.
+  const bool microcode_stopped = !microcode || microcode->stop_within(scenario.watchdog);
+  const bool switcher_stopped =
+      (!switching || switcher->stop_within(scenario.watchdog)) && microcode_stopped;
   nmis->stop();
   preemptions->stop();
   workload->stop();
@@ -144,7 +220,9 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
     }
   }
   if (!switcher_stopped) {
-    violations.record(Violation::kStuck, "the switcher did not return from its switch at the end");
+    violations.record(Violation::kStuck,
+                      microcode_stopped ? "the switcher did not return from its switch at the end"
+                                        : "a microcode update's switch did not return at the end");
   }
   report.unfinished = !joined || !switcher_stopped;
   if (!report.unfinished) invariants.at_end();
@@ -152,7 +230,9 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   if (switcher_stopped) {
     report.switches = switcher->totals();
     summarise_blackouts(report);
+    if (trigger != nullptr) report.trigger = trigger->totals();
   }
+  if (microcode && microcode_stopped) report.microcode_events = microcode->totals();
   report.commits_checked = invariants.commits_checked();
   report.nmis_injected = nmis->sent();
   report.nmis_injected_failed = nmis->failed();
@@ -167,6 +247,7 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   report.acquisitions_pv = t.acquisitions[1];
   report.nmi_acquisitions = t.nmi_acquisitions;
   report.demo_increments = t.demo_increments;
+  report.elided_increments = t.elided_increments;
   report.translations = t.translations;
   report.shootdowns = t.shootdowns;
   report.shootdowns_marked = t.shootdowns_marked;
@@ -183,6 +264,7 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
     // Stuck threads still use these: leave them alive.
     (void)workload.release();
     (void)switcher.release();
+    (void)microcode.release();
     (void)preemptions.release();
     (void)nmis.release();
     (void)invariants_owner.release();

@@ -4,9 +4,11 @@
 #ifndef REPATCH_STRESS_RUN_H_
 #define REPATCH_STRESS_RUN_H_
 
+#include <memory>
 #include <vector>
 
 #include "repatch/engine.h"
+#include "repatch/triggers.h"
 #include "stress/report.h"
 #include "stress/scenario.h"
 #include "stress/switch_decider.h"
@@ -24,10 +26,16 @@ Result<Engine*> boot_for_stress();
 /// feature the CPU lacks (its other variant would be an illegal instruction).
 Result<std::vector<SwitchableGroup>> resolve_groups(Engine* engine, const Scenario& scenario);
 
-/// Runs `scenario` on the booted `engine`, switching `groups`; returns the report. When
-/// report.unfinished is set some threads are stuck and still exist: the caller prints the report
-/// and ends the process with std::_Exit, without returning from main.
-Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup> groups);
+/// Runs `scenario` on the booted `engine`, switching `groups`; returns the report. With
+/// --trigger manual the switcher flips `groups` at the switch rate; with another trigger the
+/// policy switches spinlock and tlb (those of `groups`) from the hint source: `replay` for
+/// kReplay (loaded by the caller, so that a bad trace is a usage error), the real or simulated
+/// source otherwise. With --microcode-every, groups keyed on a feature the simulated updates
+/// toggle are switched by the microcode watcher only. When report.unfinished is set some threads
+/// are stuck and still exist: the caller prints the report and ends the process with std::_Exit,
+/// without returning from main.
+Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup> groups,
+           std::unique_ptr<triggers::HintSource> replay = nullptr);
 
 }  // namespace repatch::stress
 

@@ -26,6 +26,12 @@ const char* trigger_name(Trigger trigger) {
   switch (trigger) {
     case Trigger::kManual:
       return "manual";
+    case Trigger::kSimulated:
+      return "simulated";
+    case Trigger::kReal:
+      return "real";
+    case Trigger::kReplay:
+      return "replay";
   }
   return "?";
 }
@@ -55,6 +61,18 @@ Status validate(const Scenario& s) {
   if (s.watchdog < std::chrono::seconds(1)) {
     return out_of_range("--watchdog", static_cast<double>(s.watchdog.count()) / 1000.0,
                         "at least 1 s");
+  }
+  if (s.microcode_every_s != 0 &&
+      !(s.microcode_every_s >= kMinMicrocodeEvery && s.microcode_every_s <= kMaxMicrocodeEvery)) {
+    return out_of_range("--microcode-every", s.microcode_every_s, "0 (off) or 0.1 to 3600 seconds");
+  }
+  if (s.trigger != Trigger::kManual && !s.groups.empty()) {
+    return Error(ErrorCode::kInvalidArgument,
+                 std::string("--groups applies to --trigger manual only; --trigger ") +
+                     trigger_name(s.trigger) + " switches spinlock and tlb");
+  }
+  if (s.trigger == Trigger::kReplay && s.replay_file.empty()) {
+    return Error(ErrorCode::kInvalidArgument, "--trigger replay needs a file: replay:FILE");
   }
   for (std::size_t i = 0; i < s.groups.size(); ++i) {
     for (std::size_t j = 0; j < i; ++j) {

@@ -16,14 +16,19 @@
 
 namespace repatch::stress {
 
-/// What decides the switches. Only kManual exists today: the harness's own switcher flips groups
-/// at `switch_rate`, with no trigger source (see stress/switch_decider.h for where trigger-driven
-/// deciders plug in).
+/// What decides the switches (stress/switch_decider.h). kManual: the harness's own switcher flips
+/// groups at `switch_rate`. The others run the triggers' policy (repatch/triggers.h) over a hint
+/// source and switch spinlock and tlb between native (dedicated) and pv (oversubscribed):
+/// kSimulated reads the simulated hypervisor's steal time of the workload's vCPUs, kReal this
+/// machine's /proc and CPUID, kReplay the trace in `replay_file`.
 enum class Trigger : std::uint8_t {
   kManual,
+  kSimulated,
+  kReal,
+  kReplay,
 };
 
-/// "manual".
+/// "manual", "simulated", "real", "replay".
 const char* trigger_name(Trigger trigger);
 
 /// Groups the switcher flips by default: the guest's two sets with state and the three demo
@@ -39,6 +44,9 @@ struct Scenario {
   double preempt_rate = 100;  ///< preemptions per second by the simulated hypervisor (0: none)
   int locks = 64;             ///< SpinLocks guarding shared counters
   Trigger trigger = Trigger::kManual;
+  std::string replay_file;  ///< the trace of kReplay
+  /// Seconds between two simulated microcode updates (0: none). See stress/microcode_injector.h.
+  double microcode_every_s = 0;
   std::uint64_t seed = 1;
   /// A vCPU (or the switcher) that makes no progress for this long is stuck: the run ends with a
   /// violation naming it and where it is.
@@ -57,6 +65,9 @@ inline constexpr double kMaxNmiRate = 100000;
 /// One preemption is played at a time, parked 50 us to 1 ms: more than this cannot be played.
 inline constexpr double kMaxPreemptRate = 1000;
 inline constexpr int kMaxLocks = 100000;
+/// --microcode-every: 0, or 0.1 s to one hour.
+inline constexpr double kMinMicrocodeEvery = 0.1;
+inline constexpr double kMaxMicrocodeEvery = 3600;
 
 /// Checks every field's range. Fails with kInvalidArgument naming the option (as the command
 /// spells it), the value and the accepted range.

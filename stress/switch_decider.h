@@ -5,11 +5,10 @@
 // current variant of each from the outcomes it is fed, and decides the targets; it never calls the
 // engine.
 //
-// Today one decider exists: RateDecider (--trigger=manual, the harness flipping groups at
-// --switch-rate). Trigger-driven switching plugs in as another SwitchDecider: its events carry
-// readings from trigger sources (hypervisor hints, a replayed trace) and, for microcode updates,
-// the new feature set; it turns them into requests through a policy. The event kinds for those
-// are not defined yet: they arrive with the triggers.
+// Two deciders exist: RateDecider (--trigger=manual, the harness flipping groups at
+// --switch-rate), here, and TriggerDecider (stress/trigger_decider.h), which reads a hint source
+// itself and turns its readings into requests through the triggers' policy. Microcode updates do
+// not go through a decider: their watcher switches through Switcher::make.
 #ifndef REPATCH_STRESS_SWITCH_DECIDER_H_
 #define REPATCH_STRESS_SWITCH_DECIDER_H_
 

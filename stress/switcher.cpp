@@ -40,6 +40,49 @@ bool Switcher::stop_within(std::chrono::milliseconds timeout) {
   return true;
 }
 
+SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
+                             const SwitchOptions& options) {
+  std::lock_guard<std::mutex> hold(switch_mutex_);
+  return switch_and_account(SwitchRequest{choices}, options);
+}
+
+SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
+                                           const SwitchOptions& options) {
+  // Relaxed: the watchdog reads these as hints for its report, nothing else depends on them.
+  in_switch_tid_.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_relaxed);
+  in_switch_since_.store(now_ns(), std::memory_order_relaxed);
+  SwitchOutcome outcome = engine_->switch_groups(request.choices, options);
+  in_switch_since_.store(0, std::memory_order_relaxed);
+  in_switch_tid_.store(0, std::memory_order_relaxed);
+  ++totals_.requested;
+  std::uint64_t aborts = 0;
+  for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {
+    totals_.aborted_attempts[r] += outcome.aborts[r];
+    aborts += outcome.aborts[r];
+  }
+  aborted_.fetch_add(aborts, std::memory_order_relaxed);
+  totals_.int3_completions += outcome.int3_completions;
+  totals_.nmi_completions += outcome.nmi_completions;
+  if (outcome.committed()) {
+    ++totals_.committed;
+    committed_.fetch_add(1, std::memory_order_relaxed);
+    totals_.sites += outcome.sites;
+    totals_.blackouts_ns.push_back(static_cast<std::uint64_t>(outcome.blackout.count()));
+    if (outcome.writer == SwitchWriter::kBatch) {
+      ++totals_.batch;
+    } else {
+      ++totals_.stop_machine;
+    }
+  } else {
+    ++totals_.failed[static_cast<std::size_t>(outcome.reason)];
+    if (totals_.first_failure.empty()) {
+      totals_.first_failure = outcome.status.error().to_string();
+    }
+  }
+  if (outcome.committed()) after_commit_(request);
+  return outcome;
+}
+
 void Switcher::run() {
   // Release pairs with tid()'s acquire.
   tid_.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
@@ -51,36 +94,9 @@ void Switcher::run() {
       std::this_thread::sleep_until(std::min(wake, now + std::chrono::milliseconds(10)));
       continue;
     }
-    in_switch_since_.store(now_ns(), std::memory_order_relaxed);
-    const SwitchOutcome outcome = engine_->switch_groups(request->choices);
-    in_switch_since_.store(0, std::memory_order_relaxed);
-    ++totals_.requested;
-    std::uint64_t aborts = 0;
-    for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {
-      totals_.aborted_attempts[r] += outcome.aborts[r];
-      aborts += outcome.aborts[r];
-    }
-    aborted_.fetch_add(aborts, std::memory_order_relaxed);
-    totals_.int3_completions += outcome.int3_completions;
-    totals_.nmi_completions += outcome.nmi_completions;
-    if (outcome.committed()) {
-      ++totals_.committed;
-      committed_.fetch_add(1, std::memory_order_relaxed);
-      totals_.sites += outcome.sites;
-      totals_.blackouts_ns.push_back(static_cast<std::uint64_t>(outcome.blackout.count()));
-      if (outcome.writer == SwitchWriter::kBatch) {
-        ++totals_.batch;
-      } else {
-        ++totals_.stop_machine;
-      }
-    } else {
-      ++totals_.failed[static_cast<std::size_t>(outcome.reason)];
-      if (totals_.first_failure.empty()) {
-        totals_.first_failure = outcome.status.error().to_string();
-      }
-    }
+    std::lock_guard<std::mutex> hold(switch_mutex_);
+    const SwitchOutcome outcome = switch_and_account(*request, {});
     decider_->observe({DeciderEvent::Kind::kSwitchDone, &*request, &outcome});
-    if (outcome.committed()) after_commit_(*request);
   }
   // Release pairs with stop_within's acquire: the totals are complete.
   done_.store(true, std::memory_order_release);

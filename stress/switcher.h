@@ -1,7 +1,8 @@
 // The switcher: a thread (not a vCPU) that asks its decider for switches, makes them with
 // Engine::switch_groups while the workload runs, accounts every outcome, and runs the
 // after-commit checks (stress/invariants.h) right after each commit, before any other switch can
-// start.
+// start. Switches decided elsewhere (a simulated microcode update's) go through make(), so that
+// they are accounted and checked the same way and never overlap the thread's own.
 #ifndef REPATCH_STRESS_SWITCHER_H_
 #define REPATCH_STRESS_SWITCHER_H_
 
@@ -54,6 +55,11 @@ class Switcher {
   /// object must never be destroyed (the process ends with std::_Exit).
   bool stop_within(std::chrono::milliseconds timeout);
 
+  /// Makes one switch that the decider did not ask for (e.g. a microcode watcher's), from any
+  /// thread: waits for a switch in progress, switches, accounts the outcome and runs the
+  /// after-commit checks before the next switch can start. Returns the engine's outcome.
+  SwitchOutcome make(const std::vector<GroupChoice>& choices, const SwitchOptions& options);
+
   std::uint64_t committed() const { return committed_.load(std::memory_order_relaxed); }
   /// Aborted attempts so far.
   std::uint64_t aborted() const { return aborted_.load(std::memory_order_relaxed); }
@@ -62,13 +68,19 @@ class Switcher {
   std::int64_t in_switch_since() const { return in_switch_since_.load(std::memory_order_relaxed); }
   /// The switcher thread's kernel id (0 before it starts).
   pid_t tid() const { return tid_.load(std::memory_order_acquire); }
+  /// The kernel id of the thread inside the switch in progress (the switcher's, or make()'s
+  /// caller's), or 0 when none is. For the watchdog.
+  pid_t in_switch_tid() const { return in_switch_tid_.load(std::memory_order_relaxed); }
   /// The totals. Only after stop().
   const SwitchTotals& totals() const { return totals_; }
   const SwitchDecider& decider() const { return *decider_; }
 
  private:
   void run();
+  // Switches, accounts and checks; the caller holds switch_mutex_.
+  SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options);
   Engine* engine_;
+  std::mutex switch_mutex_;  // one switch at a time, its after-commit checks included
   std::unique_ptr<SwitchDecider> decider_;
   std::function<void(const SwitchRequest&)> after_commit_;
   SwitchTotals totals_;
@@ -76,6 +88,7 @@ class Switcher {
   std::atomic<std::uint64_t> aborted_{0};
   std::atomic<std::int64_t> in_switch_since_{0};
   std::atomic<pid_t> tid_{0};
+  std::atomic<pid_t> in_switch_tid_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> done_{false};
   std::thread thread_;

@@ -108,8 +108,11 @@ void Watchdog::report_vcpu(std::size_t index, std::chrono::milliseconds quiet_fo
 }
 
 void Watchdog::report_switcher(std::chrono::milliseconds busy_for) {
+  // The switch may be a microcode update's, made on the injector's thread (Switcher::make).
+  const pid_t inside = switcher_.in_switch_tid();
   const std::string line = "the switcher has been inside one switch_groups call for " +
-                           std::to_string(busy_for.count()) + " ms; at " + where(switcher_.tid());
+                           std::to_string(busy_for.count()) + " ms; at " +
+                           where(inside != 0 ? inside : switcher_.tid());
   violations_.record(Violation::kStuck, line.c_str());
 }
 

@@ -9,6 +9,7 @@
 #include "base/fixed_line.h"
 #include "base/text.h"
 #include "guest/demo_workload.h"
+#include "guest/feature_workload.h"
 #include "guest/lock_state.h"
 #include "guest/machine.h"
 
@@ -19,6 +20,7 @@ namespace {
 // evicted and refilled as well as shot down).
 constexpr std::uint64_t kWorkingPages = 256;
 constexpr std::size_t kDemoLocks = 4;
+constexpr std::size_t kElidedLocks = 4;
 
 // The workload whose NMI handler work runs. Release when it is set (after the NMI lock exists)
 // pairs with the handler's acquire.
@@ -53,10 +55,14 @@ Workload::Workload(const Scenario& scenario, ViolationLog& violations)
   for (std::size_t i = 0; i < kDemoLocks; ++i)
     demo_locks_.push_back(std::make_unique<demo::Lock>());
   demo_counters_.assign(kDemoLocks, 0);
+  for (std::size_t i = 0; i < kElidedLocks; ++i)
+    elided_locks_.push_back(std::make_unique<features::ElidedLock>());
+  elided_counters_.assign(kElidedLocks, 0);
   const auto n = static_cast<std::size_t>(scenario.vcpus);
   tallies_ = std::make_unique<VcpuTally[]>(n);
   increments_.assign(n, std::vector<std::uint64_t>(guarded_.size(), 0));
   demo_tallies_.assign(n, std::vector<std::uint64_t>(kDemoLocks, 0));
+  elided_tallies_.assign(n, std::vector<std::uint64_t>(kElidedLocks, 0));
   left_ = std::make_unique<std::atomic<bool>[]>(n);
   ids_.assign(n, 0);
   tids_.assign(n, 0);
@@ -135,6 +141,7 @@ void Workload::run_vcpu(std::size_t index) {
   VcpuTally& tally = tallies_[index];
   std::vector<std::uint64_t>& increments = increments_[index];
   std::vector<std::uint64_t>& demo_tally = demo_tallies_[index];
+  std::vector<std::uint64_t>& elided_tally = elided_tallies_[index];
   Random random{scenario_.seed * 0x100000001b3ull + index};
   char line[ViolationLog::kLineSize];
   while (!stop_.load(std::memory_order_relaxed)) {
@@ -212,6 +219,17 @@ void Workload::run_vcpu(std::size_t index) {
       ops += 5;
     }
 
+    // The feature-keyed sites (guest/feature_ops.h), which a simulated microcode update switches.
+    if (((r >> 54) & 7) == 1) {
+      const std::size_t e = (r >> 57) % kElidedLocks;
+      features::elided_increment(elided_locks_[e].get(), &elided_counters_[e]);
+      ++elided_tally[e];
+      tally.elided_increments.fetch_add(1, std::memory_order_relaxed);
+      (void)features::caller_cpu();
+      features::flush_line(&elided_counters_[e]);
+      ops += 4;
+    }
+
     // Rarely, a short halt: offline, as an idle CPU is, so that a switch does not wait for it
     // and a preemption may land while it is out.
     if (((r >> 40) & 2047) == 0) {
@@ -273,6 +291,7 @@ WorkloadTotals Workload::totals() const {
     t.acquisitions[0] += v.acquisitions[0].load(std::memory_order_relaxed);
     t.acquisitions[1] += v.acquisitions[1].load(std::memory_order_relaxed);
     t.demo_increments += v.demo_increments.load(std::memory_order_relaxed);
+    t.elided_increments += v.elided_increments.load(std::memory_order_relaxed);
     t.translations += v.translations.load(std::memory_order_relaxed);
     t.shootdowns += v.shootdowns.load(std::memory_order_relaxed);
     t.shootdowns_marked += v.shootdowns_marked.load(std::memory_order_relaxed);
@@ -325,6 +344,21 @@ void Workload::check_final() {
                                std::to_string(demo_counters_[d]) +
                                " increments, the vCPUs tallied " + std::to_string(tallied);
       violations_.record(Violation::kLostUpdate, line.c_str());
+    }
+  }
+  for (std::size_t e = 0; e < elided_counters_.size(); ++e) {
+    std::uint64_t tallied = 0;
+    for (const auto& row : elided_tallies_)
+      tallied += row[e];
+    if (tallied != elided_counters_[e]) {
+      const std::string line = "elided lock #" + std::to_string(e) + " guards " +
+                               std::to_string(elided_counters_[e]) +
+                               " increments, the vCPUs tallied " + std::to_string(tallied);
+      violations_.record(Violation::kLostUpdate, line.c_str());
+    }
+    if (elided_locks_[e]->locked.load() != 0) {
+      violations_.record(Violation::kLeftoverState,
+                         ("elided lock #" + std::to_string(e) + " is held at the end").c_str());
     }
   }
   if (nmi_counter_ != nmi_runs()) {

@@ -1,7 +1,7 @@
 // The guest workload of a stress run: N vCPU threads that take and release many SpinLocks guarding
 // shared counters, translate pages through their software TLBs and shoot translations down, run
-// the demo guest's op sites, and now and then go idle; plus the NMI handler's work, which takes a
-// lock of the spinlock group in NMI context.
+// the demo guest's op sites and the feature-keyed sites, and now and then go idle; plus the NMI
+// handler's work, which takes a lock of the spinlock group in NMI context.
 //
 // What each vCPU does is drawn from its own generator, seeded from the scenario's seed and its
 // index. Every vCPU keeps tallies of what it did (only it writes them; anyone reads them, relaxed),
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "guest/demo_ops.h"
+#include "guest/feature_ops.h"
 #include "guest/spinlock.h"
 #include "guest/tlb.h"
 #include "repatch/error.h"
@@ -37,6 +38,8 @@ struct alignas(64) VcpuTally {
   /// (index: guest::kNativeVariant, guest::kPvVariant).
   std::atomic<std::uint64_t> acquisitions[2] = {};
   std::atomic<std::uint64_t> demo_increments{0};
+  /// Increments under the elided locks (the lock_elision, cpu_number and cache_flush sites).
+  std::atomic<std::uint64_t> elided_increments{0};
   std::atomic<std::uint64_t> translations{0};
   std::atomic<std::uint64_t> shootdowns{0};
   std::atomic<std::uint64_t> shootdowns_marked{0};  ///< targets left a flush-on-resume mark
@@ -49,6 +52,7 @@ struct WorkloadTotals {
   std::uint64_t acquisitions[2] = {};  ///< counter-lock acquisitions by encoding (native, pv)
   std::uint64_t nmi_acquisitions = 0;  ///< acquisitions of the NMI lock, in NMI handlers
   std::uint64_t demo_increments = 0;
+  std::uint64_t elided_increments = 0;
   std::uint64_t translations = 0;
   std::uint64_t shootdowns = 0;
   std::uint64_t shootdowns_marked = 0;
@@ -112,10 +116,13 @@ class Workload {
   std::atomic<std::uint64_t> nmi_runs_[sync::kMaxVcpus] = {};
   std::vector<std::unique_ptr<demo::Lock>> demo_locks_;
   std::vector<std::uint64_t> demo_counters_;  // each under its demo lock
+  std::vector<std::unique_ptr<features::ElidedLock>> elided_locks_;
+  std::vector<std::uint64_t> elided_counters_;  // each under its elided lock
   std::unique_ptr<VcpuTally[]> tallies_;
   /// Counter-lock increments per vCPU and lock: the tallies of the no-lost-update check.
   std::vector<std::vector<std::uint64_t>> increments_;
   std::vector<std::vector<std::uint64_t>> demo_tallies_;
+  std::vector<std::vector<std::uint64_t>> elided_tallies_;
   std::vector<sync::VcpuId> ids_;
   std::vector<pid_t> tids_;
   tlb::CpuMask everyone_;

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <string_view>
 
+#include "repatch/triggers.h"
 #include "stress/report.h"
 #include "stress/run.h"
 #include "stress/scenario.h"
@@ -17,7 +19,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: repatch stress [--vcpus N] [--duration SECONDS] [--switch-rate PER_S]\n"
     "                      [--nmi-rate PER_S] [--preempt-rate PER_S] [--locks N]\n"
-    "                      [--groups LIST] [--trigger manual] [--seed N] [--watchdog SECONDS]\n"
+    "                      [--groups LIST] [--trigger manual|simulated|real|replay:FILE]\n"
+    "                      [--microcode-every SECONDS] [--seed N] [--watchdog SECONDS]\n"
     "                      [--json] [--quiet]\n"
     "\n"
     "Boots the guest built into this command and runs its workload on N vCPU threads (locks\n"
@@ -38,8 +41,27 @@ constexpr const char* kUsage =
     "  --groups LIST         groups to switch, comma-separated (default: spinlock, tlb,\n"
     "                        demo_lock, demo_clock, and demo_flush where the CPU has\n"
     "                        clflushopt); each request names a random subset of them\n"
-    "  --trigger manual      what decides the switches: manual, the switcher itself at\n"
-    "                        --switch-rate (the only one in this build; the default)\n"
+    "  --trigger WHAT        what decides the switches (default manual):\n"
+    "                          manual       the switcher flips --groups at --switch-rate\n"
+    "                          simulated    the trigger policy switches spinlock and tlb\n"
+    "                                       (native when dedicated, pv when oversubscribed)\n"
+    "                                       from the steal time of the simulated hypervisor,\n"
+    "                                       whose preemptions then come in 2 s phases of the\n"
+    "                                       full --preempt-rate and a quarter of it; it\n"
+    "                                       enters oversubscribed at the mean steal of the\n"
+    "                                       full rate and leaves at half of it\n"
+    "                          real         the same over this machine's /proc/stat steal\n"
+    "                                       time and CPUID hints (steal enter 10%, leave 3%)\n"
+    "                          replay:FILE  the same over a recorded hint trace\n"
+    "                                       (docs/hint-trace.md), one line per poll\n"
+    "                        The policy polls every 250 ms, dwells at least 1 s and makes at\n"
+    "                        most 20 switches in 10 s; --switch-rate and --groups do not\n"
+    "                        apply.\n"
+    "  --microcode-every SECONDS\n"
+    "                        load a simulated microcode update this often, 0 (off, the\n"
+    "                        default) or 0.1-3600: updates alternately remove and add back the\n"
+    "                        whitelisted features this CPU has (rtm, clflushopt, rdpid), and\n"
+    "                        the microcode watcher switches the groups keyed on them\n"
     "  --seed N              seeds the schedule of switches, NMIs, preemptions and the\n"
     "                        vCPUs' choices (default 1)\n"
     "  --watchdog SECONDS    a vCPU or switch without progress this long is stuck, >= 1\n"
@@ -158,13 +180,24 @@ int parse(int argc, char** argv, stress::Scenario& s) {
       ok = (v = value()) != nullptr && parse_whole(name.c_str(), v, &s.seed);
     } else if (arg == "--trigger") {
       ok = (v = value()) != nullptr;
-      if (ok && std::string_view(v) != "manual") {
+      const std::string_view t = ok ? std::string_view(v) : std::string_view("manual");
+      if (t == "manual") {
+        s.trigger = stress::Trigger::kManual;
+      } else if (t == "simulated") {
+        s.trigger = stress::Trigger::kSimulated;
+      } else if (t == "real") {
+        s.trigger = stress::Trigger::kReal;
+      } else if (t.starts_with("replay:") && t.size() > 7) {
+        s.trigger = stress::Trigger::kReplay;
+        s.replay_file = std::string(t.substr(7));
+      } else {
         std::fprintf(stderr,
-                     "%s: --trigger '%s' is not available; this build has only 'manual' (the "
-                     "switcher flips groups at --switch-rate)\n",
+                     "%s: --trigger '%s' is not one of manual, simulated, real, replay:FILE\n",
                      kCommand, v);
         ok = false;
       }
+    } else if (arg == "--microcode-every") {
+      ok = (v = value()) != nullptr && parse_number(name.c_str(), v, &s.microcode_every_s);
     } else if (arg == "--groups") {
       ok = (v = value()) != nullptr;
       if (ok) {
@@ -202,6 +235,17 @@ const char* stress_usage() {
 int stress_command(int argc, char** argv) {
   stress::Scenario scenario;
   if (const int rc = parse(argc, argv, scenario); rc != 0) return rc < 0 ? 0 : rc;
+  std::unique_ptr<triggers::HintSource> replay;
+  if (scenario.trigger == stress::Trigger::kReplay) {
+    Result<std::unique_ptr<triggers::HintSource>> loaded =
+        triggers::load_replay_source(scenario.replay_file);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "%s: --trigger replay:%s: %s\n", kCommand, scenario.replay_file.c_str(),
+                   loaded.error().message().c_str());
+      return 2;
+    }
+    replay = std::move(loaded.value());
+  }
   // Boot before any thread exists.
   Result<Engine*> engine = stress::boot_for_stress();
   if (!engine.ok()) {
@@ -214,7 +258,8 @@ int stress_command(int argc, char** argv) {
     std::fprintf(stderr, "%s: %s\n", kCommand, groups.error().message().c_str());
     return 2;
   }
-  const stress::Report report = stress::run(engine.value(), scenario, std::move(groups).value());
+  const stress::Report report =
+      stress::run(engine.value(), scenario, std::move(groups).value(), std::move(replay));
   std::string out;
   if (scenario.json) {
     out = stress::render_json(report) + "\n";
