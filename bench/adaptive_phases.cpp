@@ -44,6 +44,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/contended_locks.h"
 #include "bench/stats.h"
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
@@ -97,32 +98,11 @@ const char* kind_name(Kind kind) {
 
 repatch::guest::SpinLock* g_spinlock = nullptr;
 
-struct GuestSpinlock {
-  void lock() { repatch::guest::spin_lock(g_spinlock); }
-  void unlock() { repatch::guest::spin_unlock(g_spinlock); }
-};
-struct StdMutex {
-  std::mutex m;
-  void lock() { m.lock(); }
-  void unlock() { m.unlock(); }
-};
-// Test-and-test-and-set, as in lock_throughput.
-struct TasLock {
-  alignas(64) std::atomic<bool> held{false};
-  void lock() {
-    while (held.exchange(true, std::memory_order_acquire)) {
-      do {
-        __builtin_ia32_pause();
-      } while (held.load(std::memory_order_relaxed));
-    }
-  }
-  void unlock() { held.store(false, std::memory_order_release); }
-};
+using repatch::bench::GuestSpinlock;
+using repatch::bench::Shared;
+using repatch::bench::StdMutex;
+using repatch::bench::TasLock;
 
-struct alignas(64) Shared {
-  std::uint64_t counter = 0;
-  alignas(64) std::uint64_t line[8] = {};
-};
 struct alignas(64) PerVcpu {
   std::atomic<std::uint64_t> count{0};  // read by the main thread at phase boundaries
   std::atomic<repatch::sync::VcpuId> id{0};
@@ -188,17 +168,13 @@ RunResult run_phases(Lock& lock, repatch::triggers::TriggerLoop* (*start_loop)(
         }
         while (run.phase.load(std::memory_order_relaxed) == phase) {
           lock.lock();
-          const std::uint64_t c = shared.counter;
-          shared.counter = c + 1;
-          shared.line[c & 7] += x;
+          shared.update(x);
           lock.unlock();
           ++count;
           // Relaxed: the main thread reads a running total; a count a few acquisitions late at a
           // phase boundary is noise against seconds of phase.
           mine.count.store(count, std::memory_order_relaxed);
-          for (int i = 0; i < kOutsideWork; ++i)
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-          benchmark::DoNotOptimize(x);
+          x = repatch::bench::outside_work(x, kOutsideWork);
           if (count % kQuiescentEvery == 0) vcpu.quiescent_state();
         }
       }
@@ -326,12 +302,12 @@ void BM_Phases(benchmark::State& state, Kind kind) {
     switch (kind) {
       case Kind::kNative:
       case Kind::kPv: {
-        GuestSpinlock lock;
+        GuestSpinlock lock{g_spinlock};
         r = run_phases(lock, nullptr);
         break;
       }
       case Kind::kAdaptive: {
-        GuestSpinlock lock;
+        GuestSpinlock lock{g_spinlock};
         r = run_phases(lock, &start_trigger_loop);
         if (g_loop == nullptr && r.error.empty()) r.error = "the trigger loop did not start";
         g_loop.reset();

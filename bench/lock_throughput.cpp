@@ -39,6 +39,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/contended_locks.h"
 #include "bench/stats.h"
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
@@ -102,36 +103,10 @@ const char* kind_name(Kind kind) {
 // The guest's spinlock, in whatever variant its group is in. Created in main() after boot.
 repatch::guest::SpinLock* g_spinlock = nullptr;
 
-struct GuestSpinlock {
-  void lock() { repatch::guest::spin_lock(g_spinlock); }
-  void unlock() { repatch::guest::spin_unlock(g_spinlock); }
-};
-
-struct StdMutex {
-  std::mutex m;
-  void lock() { m.lock(); }
-  void unlock() { m.unlock(); }
-};
-
-// A plain test-and-set spinlock: exchange, and while it is held, read with PAUSE until it looks
-// free (test-and-test-and-set, so that waiters do not bounce the line with writes).
-struct TasLock {
-  alignas(64) std::atomic<bool> held{false};
-  void lock() {
-    while (held.exchange(true, std::memory_order_acquire)) {
-      do {
-        __builtin_ia32_pause();
-      } while (held.load(std::memory_order_relaxed));
-    }
-  }
-  void unlock() { held.store(false, std::memory_order_release); }
-};
-
-// What the critical section writes: a counter and a second cache line.
-struct alignas(64) Shared {
-  std::uint64_t counter = 0;
-  alignas(64) std::uint64_t line[8] = {};
-};
+using repatch::bench::GuestSpinlock;
+using repatch::bench::Shared;
+using repatch::bench::StdMutex;
+using repatch::bench::TasLock;
 
 struct alignas(64) PerVcpu {
   std::atomic<std::uint64_t> count{0};  // every acquisition
@@ -206,17 +181,13 @@ RunResult run_row(Lock& lock, int vcpus, bool preempt, int outside) {
       std::uint64_t x = static_cast<std::uint64_t>(v) + 1;
       while (!stop.load(std::memory_order_relaxed)) {
         lock.lock();
-        const std::uint64_t c = shared.counter;
-        shared.counter = c + 1;
-        shared.line[c & 7] += x;
+        shared.update(x);
         lock.unlock();
         ++count;
         // The last acquisition of a thread may end long after the time is up (a ticket waiter
         // behind descheduled vCPUs): it counts for the check, not for the rate.
         if (!stop.load(std::memory_order_relaxed)) ++timed;
-        for (int i = 0; i < outside; ++i)
-          x = x * 6364136223846793005ull + 1442695040888963407ull;
-        benchmark::DoNotOptimize(x);
+        x = repatch::bench::outside_work(x, outside);
         if (count % kQuiescentEvery == 0) vcpu.quiescent_state();
       }
       mine.count.store(count, std::memory_order_relaxed);
@@ -290,7 +261,7 @@ void BM_Lock(benchmark::State& state, Kind kind) {
     switch (kind) {
       case Kind::kNative:
       case Kind::kPv: {
-        GuestSpinlock lock;
+        GuestSpinlock lock{g_spinlock};
         r = run_row(lock, vcpus, preempt, outside);
         break;
       }
