@@ -208,8 +208,10 @@ TEST_F(Hazard, VcpuNeverAcks_AbortsCleanly) {
   wait_started(1);
   const std::vector<std::uint8_t> before = engine_->status().sites.front().bytes;
   const auto start = Clock::now();
+  // A deadline of many ack deadlines: on a loaded machine one attempt's rendezvous can take a few
+  // hundred milliseconds before its ack deadline even starts to count, and the test wants retries.
   const SwitchOutcome outcome = engine_->switch_groups(
-      {{"hz_pair", "b"}}, {.ack_deadline = 20ms, .deadline = 200ms, .first_backoff = 10ms});
+      {{"hz_pair", "b"}}, {.ack_deadline = 20ms, .deadline = 1s, .first_backoff = 10ms});
   const auto took = Clock::now() - start;
   ASSERT_FALSE(outcome.committed());
   EXPECT_EQ(outcome.reason, SwitchAbort::kAckTimeout);
@@ -217,7 +219,7 @@ TEST_F(Hazard, VcpuNeverAcks_AbortsCleanly) {
   EXPECT_EQ(outcome.aborts[static_cast<int>(SwitchAbort::kAckTimeout)], outcome.attempts);
   EXPECT_NE(outcome.status.error().message().find("did not acknowledge"), std::string::npos)
       << outcome.status.error().message();
-  EXPECT_LT(took, 2s);
+  EXPECT_LT(took, 5s) << "the switch did not give up near its deadline";
   EXPECT_EQ(engine_->current_variant("hz_pair").value(), "a");
   EXPECT_TRUE(engine_->verify_sites().ok());
   EXPECT_EQ(engine_->status().sites.front().bytes, before);
