@@ -13,6 +13,12 @@
 
 namespace repatch::bench {
 
+/// The summary's line when a simulated hypervisor's thread could not run SCHED_FIFO
+/// (hypervisor::HostPriority::kRealtime refused).
+inline constexpr const char* kHostNotRealtime =
+    "note: the simulated hypervisor could not run SCHED_FIFO (no CAP_SYS_NICE): it preempted less "
+    "often than its schedule says";
+
 /// The guest's spinlock, in whatever variant its group is in.
 struct GuestSpinlock {
   guest::SpinLock* target;

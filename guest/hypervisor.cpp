@@ -1,6 +1,8 @@
 #include "guest/hypervisor.h"
 
 #include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -293,8 +295,17 @@ std::vector<Preemption> schedule(std::uint64_t seed, const std::vector<sync::Vcp
   return plan;
 }
 
-Preemptor::Preemptor(std::vector<Preemption> plan)
-    : plan_(std::move(plan)), thread_([this] { run(); }) {}
+Preemptor::Preemptor(std::vector<Preemption> plan, HostPriority priority)
+    : plan_(std::move(plan)), thread_([this] { run(); }) {
+  if (priority == HostPriority::kRealtime) {
+    // The lowest real-time priority is enough to run before every SCHED_OTHER thread. The thread
+    // may already be playing its first gap at normal priority; it sleeps most of its time, so the
+    // change takes effect at its next wake-up at the latest.
+    sched_param param{};
+    param.sched_priority = sched_get_priority_min(SCHED_FIFO);
+    realtime_ = pthread_setschedparam(thread_.native_handle(), SCHED_FIFO, &param) == 0;
+  }
+}
 
 Preemptor::~Preemptor() {
   stop();

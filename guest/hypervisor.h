@@ -109,12 +109,23 @@ struct ScheduleOptions {
 std::vector<Preemption> schedule(std::uint64_t seed, const std::vector<sync::VcpuId>& vcpus,
                                  std::size_t count, const ScheduleOptions& options = {});
 
+/// How the Preemptor's thread is scheduled against the vCPU threads.
+enum class HostPriority : std::uint8_t {
+  /// Like every thread of the process: when more vCPU threads run than there are CPUs, the
+  /// Preemptor waits for its turn like they do, so it preempts less often than its schedule says.
+  kNormal,
+  /// SCHED_FIFO, above every normal thread: a host's scheduler does not wait for its guests to
+  /// yield a CPU before it preempts one. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1;
+  /// without them the thread stays normal (see Preemptor::realtime()).
+  kRealtime,
+};
+
 /// Plays a schedule on a thread of its own (not a vCPU): for each entry, sleeps the gap, preempts
 /// the vCPU for the duration and waits for it to run again. Stops at the end of the schedule or
 /// at stop() / destruction, resuming a vCPU it has parked.
 class Preemptor {
  public:
-  explicit Preemptor(std::vector<Preemption> plan);
+  explicit Preemptor(std::vector<Preemption> plan, HostPriority priority = HostPriority::kNormal);
   ~Preemptor();
   Preemptor(const Preemptor&) = delete;
   Preemptor& operator=(const Preemptor&) = delete;
@@ -125,6 +136,8 @@ class Preemptor {
   std::size_t played() const { return played_.load(std::memory_order_acquire); }
   /// Whether the whole schedule has been played.
   bool done() const { return done_.load(std::memory_order_acquire); }
+  /// Whether the thread runs SCHED_FIFO: HostPriority::kRealtime was asked for and granted.
+  bool realtime() const { return realtime_; }
 
  private:
   void run();
@@ -132,6 +145,7 @@ class Preemptor {
   std::atomic<bool> stop_{false};
   std::atomic<std::size_t> played_{0};
   std::atomic<bool> done_{false};
+  bool realtime_ = false;
   std::thread thread_;
 };
 

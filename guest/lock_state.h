@@ -20,7 +20,7 @@
 // The owner vCPU is kept beside the word (SpinLock::owner_), not in it: it is a hint for
 // vcpu_is_preempted(), so it may lag, and a conversion keeps it by not touching it.
 //
-// A native unlock hands the lock over implicitly: `lock incw` makes head the next waiter's ticket,
+// A native unlock hands the lock over implicitly: its `incw` makes head the next waiter's ticket,
 // and that waiter holds the lock from then on, before it has seen so. A conversion in between (the
 // waiter parked by the stop after its last read of the word) maps the word to "held", and the
 // waiter, seeing a new generation, must not restart as if it held nothing: nobody would ever

@@ -317,7 +317,13 @@ REPATCH_CALL_VARIANT(spinlock_lock, pv, spinlock_pv_lock_thunk);
 // Head is the low 16 bits of the word: one locked increment releases a ticket lock, and leaves
 // %eax (preset to 0 by spin_unlock) alone.
 REPATCH_DEFINE_OP(spinlock_unlock, spinlock, native);
-REPATCH_INLINE_VARIANT(spinlock_unlock, native, "lock incw (%rdi)");
+// No lock prefix: only the holder writes head, and the instruction stores only head's two bytes,
+// so a locker's compare-and-swap of the whole word either sees the new head or fails and reads
+// again; a conversion rewrites the word only while every vCPU is stopped between instructions.
+// x86 keeps the store after the critical section's loads and stores (a release), and without the
+// prefix the store does not wait for the critical section's stores to drain (lock_throughput,
+// 2 vCPUs, lock free between bursts: 0.90x a test-and-set lock's rate with it, 0.93-0.99x without).
+REPATCH_INLINE_VARIANT(spinlock_unlock, native, "incw (%rdi)");
 REPATCH_CALLEE_SAVE_THUNK(spinlock_pv_unlock_thunk, spinlock_pv_unlock, value);
 REPATCH_CALL_VARIANT(spinlock_unlock, pv, spinlock_pv_unlock_thunk);
 

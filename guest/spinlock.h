@@ -3,7 +3,7 @@
 //
 //  group spinlock {native, pv}
 //    spinlock_lock(lock)           native: call (ticket lock)   pv: call (spin, then futex sleep)
-//    spinlock_unlock(lock)         native: inline lock incw     pv: call (release, kick sleepers)
+//    spinlock_unlock(lock)         native: inline incw          pv: call (release, kick sleepers)
 //    spinlock_vcpu_is_preempted(c) native: inline xor %eax      pv: call (the vCPU's preempted
 //    flag)
 //
@@ -59,8 +59,8 @@ class SpinLock {
   std::atomic<std::uint32_t>& owner() { return owner_; }
 
  private:
-  // The word comes first, 8-aligned: `lock incw (%rdi)` (the native unlock) adds one to its low
-  // 16 bits, and the pv futex is its upper half at offset 4.
+  // The word comes first, 8-aligned: `incw (%rdi)` (the native unlock) adds one to its low 16
+  // bits, and the pv futex is its upper half at offset 4.
   alignas(8) std::atomic<std::uint64_t> word_;
   std::atomic<std::uint32_t> owner_{0};
   const char* name_;
@@ -91,7 +91,7 @@ SpinlockStats& spinlock_stats();
   } while (restart != 0);
 }
 
-/// Releases `lock`, held by the caller. The native variant is one `lock incw` that leaves %eax
+/// Releases `lock`, held by the caller. The native variant is one `incw` that leaves %eax
 /// alone, hence %eax preset to 0 ("done"); the pv variant returns 1 when it finds the word
 /// converted to native (its holder was stopped inside the pv unlock body while a switch ran), and
 /// the site, native by then, runs again.
