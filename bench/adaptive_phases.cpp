@@ -146,9 +146,9 @@ std::chrono::nanoseconds now_ns() {
 }
 
 template <typename Lock>
-RunResult run_phases(Lock& lock, int outside,
-                     repatch::triggers::TriggerLoop* (*start_loop)(
-                         const std::vector<repatch::sync::VcpuId>&)) {
+RunResult run_phases(
+    Lock& lock, int outside,
+    repatch::triggers::TriggerLoop* (*start_loop)(const std::vector<repatch::sync::VcpuId>&)) {
   Shared shared;
   std::vector<PerVcpu> per(kVcpus);
   Run run;
@@ -393,9 +393,9 @@ void BM_Phases(benchmark::State& state, Kind kind) {
 
 void register_phases() {
   for (const Kind kind : kKinds) {
-    auto* b = benchmark::RegisterBenchmark(
-        (std::string("BM_Phases/") + kind_name(kind)).c_str(),
-        [kind](benchmark::State& state) { BM_Phases(state, kind); });
+    auto* b =
+        benchmark::RegisterBenchmark((std::string("BM_Phases/") + kind_name(kind)).c_str(),
+                                     [kind](benchmark::State& state) { BM_Phases(state, kind); });
     b->ArgName("outside")->Iterations(1)->UseManualTime();
     for (const int outside : kOutsideLoads)
       b->Arg(outside);
@@ -449,7 +449,8 @@ void print_load(std::FILE* out, int outside) {
     if (adaptive->switch_lag_ms[p].empty()) continue;
     std::vector<double> lags = adaptive->switch_lag_ms[p];
     std::sort(lags.begin(), lags.end());
-    std::fprintf(out, "adaptive: switch committed %.0f ms (median; max %.0f) into %s, %zu of %zu runs\n",
+    std::fprintf(out,
+                 "adaptive: switch committed %.0f ms (median; max %.0f) into %s, %zu of %zu runs\n",
                  median(lags), lags.back(), kPhaseNames[p], lags.size(), adaptive->overall.size());
   }
   double best_run = 0;  // the whole run of a lock as good as the best static in every phase

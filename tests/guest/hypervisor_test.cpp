@@ -5,6 +5,8 @@
 #include "guest/hypervisor.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cerrno>
@@ -209,6 +211,34 @@ TEST(Hypervisor, PreemptorPlaysTheScheduleAndStealAddsUp) {
   EXPECT_GE(steal_ns(second.id()), expected_steal[1]);
   EXPECT_FALSE(sync::slot(first.id()).preempted.load());
   EXPECT_FALSE(sync::slot(second.id()).preempted.load());
+}
+
+// Whether this process may give one of its threads SCHED_FIFO (root, CAP_SYS_NICE or an
+// RLIMIT_RTPRIO): asked of a thread of its own, which then ends.
+bool may_run_realtime() {
+  std::atomic<bool> release{false};
+  std::thread probe([&] {
+    while (!release.load())
+      std::this_thread::sleep_for(1ms);
+  });
+  sched_param param{};
+  param.sched_priority = sched_get_priority_min(SCHED_FIFO);
+  const bool allowed = pthread_setschedparam(probe.native_handle(), SCHED_FIFO, &param) == 0;
+  release.store(true);
+  probe.join();
+  return allowed;
+}
+
+TEST(Hypervisor, PreemptorRunsRealtimeOnlyWhenAskedAndAllowed) {
+  ASSERT_TRUE(install().ok());
+  Spinner vcpu;
+  // One preemption after a gap longer than the test: the thread only has to exist.
+  const std::vector<Preemption> plan = {{.vcpu = vcpu.id(), .gap = 1h, .duration = 1ms}};
+  Preemptor normal(plan);
+  EXPECT_FALSE(normal.realtime());
+  Preemptor host(plan, HostPriority::kRealtime);
+  // Where SCHED_FIFO is refused, the Preemptor must say so (and still play as a normal thread).
+  EXPECT_EQ(host.realtime(), may_run_realtime());
 }
 
 }  // namespace
