@@ -29,6 +29,9 @@
 // The time the loop takes to notice and the blackout of its switches count against it: nothing
 // is excluded from its phases.
 //
+// Each phase lasts 3 s; --phase_seconds=S sets all three, --oversub_seconds=S the oversubscribed
+// one alone (the whole-run ratio depends on how the run is shared between the phases).
+//
 // Per contender, load and repetition the counters are the acquisitions per second in each phase
 // (`dedicated1`, `oversub`, `dedicated2`) and over the whole run (`overall`); for adaptive, also
 // the lag from the start of a phase to the commit of the switch it calls for (`lag_oversub_ms`,
@@ -75,8 +78,13 @@ constexpr int kDedicatedVcpus = 2;
 constexpr int kPhases = 3;
 constexpr std::array<const char*, kPhases> kPhaseNames = {"dedicated1", "oversub", "dedicated2"};
 constexpr std::array<int, kPhases> kRunning = {kDedicatedVcpus, kVcpus, kDedicatedVcpus};
-// Wall time of one phase (--phase_seconds=S changes it).
-double g_phase_seconds = 3.0;
+// Wall time of each phase: --phase_seconds=S sets all three, then --oversub_seconds=S the
+// oversubscribed one.
+std::array<double, kPhases> g_phase_seconds = {3.0, 3.0, 3.0};
+
+double run_seconds() {
+  return g_phase_seconds[0] + g_phase_seconds[1] + g_phase_seconds[2];
+}
 
 constexpr repatch::hypervisor::ScheduleOptions kPreemptions{
     .min_gap = 500us, .max_gap = 1500us, .min_duration = 500us, .max_duration = 2ms};
@@ -228,7 +236,8 @@ RunResult run_phases(
                         repatch::hypervisor::HostPriority::kRealtime);
       result.host_realtime = result.host_realtime && preemptor->realtime();
     }
-    std::this_thread::sleep_for(std::chrono::duration<double>(g_phase_seconds));
+    std::this_thread::sleep_for(
+        std::chrono::duration<double>(g_phase_seconds[static_cast<std::size_t>(phase)]));
     const std::uint64_t after = total();
     const auto end = Clock::now();
     if (preemptor) {
@@ -370,9 +379,10 @@ void BM_Phases(benchmark::State& state, Kind kind) {
       row.error = r.error;
       break;
     }
-    state.SetIterationTime(g_phase_seconds * kPhases);
+    state.SetIterationTime(run_seconds());
     for (std::size_t p = 0; p < kPhases; ++p) {
       state.counters[kPhaseNames[p]] = r.ops_per_s[p];
+      state.counters[std::string("seconds_") + kPhaseNames[p]] = g_phase_seconds[p];
       row.phases[p].push_back(r.ops_per_s[p]);
       if (kind == Kind::kAdaptive && p > 0) {
         // -1: the phase ended before the switch it calls for committed.
@@ -416,9 +426,9 @@ const Row* find_row(Kind kind, int outside) {
 void print_load(std::FILE* out, int outside) {
   std::fprintf(out,
                "\nadaptive_phases, outside:%d: acquisitions per second, median over repetitions; "
-               "%.2f s per phase\n%-9s %14s %14s %14s %14s %9s\n",
-               outside, g_phase_seconds, "lock", kPhaseNames[0], kPhaseNames[1], kPhaseNames[2],
-               "overall", "switches");
+               "phases of %.2f, %.2f and %.2f s\n%-9s %14s %14s %14s %14s %9s\n",
+               outside, g_phase_seconds[0], g_phase_seconds[1], g_phase_seconds[2], "lock",
+               kPhaseNames[0], kPhaseNames[1], kPhaseNames[2], "overall", "switches");
   bool host_realtime = true;
   for (const Kind kind : kKinds) {
     const auto it = g_rows.find({kind, outside});
@@ -466,7 +476,7 @@ void print_load(std::FILE* out, int outside) {
         best_name = kind_name(kind);
       }
     }
-    best_run += best / kPhases;
+    best_run += best * g_phase_seconds[p] / run_seconds();
     const double ratio = best > 0 ? median(adaptive->phases[p]) / best : 0;
     std::fprintf(out, "target: %s, adaptive >= 0.9x the best static (%s): %.3g, %s\n",
                  kPhaseNames[p], best_name, ratio, ratio >= 0.9 ? "met" : "MISSED");
@@ -485,8 +495,8 @@ void print_load(std::FILE* out, int outside) {
   const double ratio = worst > 0 ? median(adaptive->overall) / worst : 0;
   std::fprintf(out, "target: whole run, adaptive >= 3x the worst static (%s): %.3g, %s\n",
                worst_name, ratio, ratio >= 3.0 ? "met" : "MISSED");
-  // With phases of equal length the whole run is the mean of the phases, so no lock can beat the
-  // worst static by more than this: the best static of each phase, averaged, against the worst.
+  // The whole run is the mean of the phases weighted by their lengths, so no lock can beat the
+  // worst static by more than this: the best static of each phase, so weighted, against the worst.
   if (worst > 0) {
     std::fprintf(out,
                  "  (the best static of each phase, taken in turn, would be %.3gx the worst over "
@@ -520,14 +530,26 @@ int main(int argc, char** argv) {
   }
   if (!boot()) return 1;
   int kept = 1;
+  bool oversub_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    if (arg.starts_with("--phase_seconds=")) {
+    const bool all_phases = arg.starts_with("--phase_seconds=");
+    if (all_phases || arg.starts_with("--oversub_seconds=")) {
+      const std::string_view name = arg.substr(0, arg.find('='));
       char* end = nullptr;
-      g_phase_seconds = std::strtod(argv[i] + std::string_view("--phase_seconds=").size(), &end);
-      if (end == nullptr || *end != '\0' || !(g_phase_seconds > 0)) {
-        std::fprintf(stderr, "adaptive_phases: --phase_seconds must be positive\n");
+      const double seconds = std::strtod(argv[i] + name.size() + 1, &end);
+      if (end == nullptr || end == argv[i] + name.size() + 1 || *end != '\0' || !(seconds > 0)) {
+        std::fprintf(stderr, "adaptive_phases: %.*s must be a positive number of seconds\n",
+                     static_cast<int>(name.size()), name.data());
         return 1;
+      }
+      if (all_phases) {
+        // An --oversub_seconds given before keeps its value: the two may come in either order.
+        for (std::size_t p = 0; p < kPhases; ++p)
+          if (p != 1 || !oversub_given) g_phase_seconds[p] = seconds;
+      } else {
+        g_phase_seconds[1] = seconds;
+        oversub_given = true;
       }
       continue;
     }
