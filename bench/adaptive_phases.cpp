@@ -283,6 +283,14 @@ RunResult run_phases(
                    ", the vCPUs counted " + std::to_string(counted);
   }
   result.overall = static_cast<double>(all) / seconds;
+  // The whole run is a weighted mean of the phases (less the moments between them), so it cannot
+  // exceed the fastest phase; if it does, the counts are wrong and no figure of this run stands.
+  const double fastest = *std::max_element(result.ops_per_s.begin(), result.ops_per_s.end());
+  if (result.error.empty() && result.overall > fastest * 1.02) {
+    result.error = "inconsistent counts: " + std::to_string(result.overall) +
+                   " acquisitions/s over the whole run, " + std::to_string(fastest) +
+                   " in the fastest phase";
+  }
   return result;
 }
 
