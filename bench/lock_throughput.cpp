@@ -205,6 +205,7 @@ RunResult run_row(Lock& lock, int vcpus, bool preempt, int outside) {
   std::optional<repatch::hypervisor::Preemptor> preemptor;
   if (preempt && result.failed == 0) {
     std::vector<repatch::sync::VcpuId> ids;
+    ids.reserve(per.size());
     for (const PerVcpu& p : per)
       ids.push_back(p.id.load());
     preemptor.emplace(repatch::hypervisor::schedule(kSeed + static_cast<std::uint64_t>(vcpus), ids,
@@ -441,9 +442,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg.starts_with("--case_seconds=")) {
-      g_case_seconds = std::atof(argv[i] + std::string_view("--case_seconds=").size());
-      if (g_case_seconds <= 0) {
-        std::fprintf(stderr, "lock_throughput: --case_seconds must be positive\n");
+      const char* text = argv[i] + std::string_view("--case_seconds=").size();
+      char* end = nullptr;
+      g_case_seconds = std::strtod(text, &end);
+      if (end == text || *end != '\0' || !(g_case_seconds > 0)) {
+        std::fprintf(stderr,
+                     "lock_throughput: --case_seconds must be a positive number of seconds\n");
         return 1;
       }
       continue;
