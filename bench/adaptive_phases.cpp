@@ -21,13 +21,14 @@
 // The shared counter must equal the sum of the per-vCPU counts at the end, else the run fails.
 //
 // The adaptive contender starts in native with a TriggerLoop polling the simulated hint source
-// (the hypervisor's steal time, trigger/simulated_source.h) every 100 ms over the 16 vCPUs. One
+// (the hypervisor's steal time, trigger/simulated_source.h) every 50 ms over the 16 vCPUs. One
 // preemption at a time over 16 vCPUs gives 2-3% steal here, and exactly 0 when dedicated, so the
-// policy enters oversubscribed at 1% and leaves at 0.3%, with a 300 ms minimum dwell: the config
-// of a host whose steal is known to be nil when dedicated; 100 ms readings, because in shorter
-// ones the oversubscribed phase has windows with no preemption ending (the policy then flaps).
-// The time the loop takes to notice and the blackout of its switches count against it: nothing
-// is excluded from its phases.
+// policy enters oversubscribed at 0.3% and leaves at 0.1%, with a 300 ms minimum dwell: the config
+// of a host whose steal is known to be nil when dedicated. A 50 ms window of the oversubscribed
+// phase still sees a dozen preemptions end, so no reading there falls to the leave threshold (the
+// recorded runs made exactly 2 switches each); the policy would flap if one did. The time the
+// loop takes to notice and the blackout of its switches count against it: nothing is excluded
+// from its phases.
 //
 // Each phase lasts 3 s; --phase_seconds=S sets all three, --oversub_seconds=S the oversubscribed
 // one alone (the whole-run ratio depends on how the run is shared between the phases).
