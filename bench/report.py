@@ -323,9 +323,9 @@ def adaptive_load(outside, cells):
         w = med[worst]["overall"]
         r = med["adaptive"]["overall"] / w if w else 0
         notes.append(f"- whole run: adaptive / worst static ({worst}) = {r:.3g}, target >= 3: "
-                     f"{'met' if r >= 3 else 'MISSED'}. No lock can do better than the best static "
-                     f"of each phase in turn: {best_run / w if w else 0:.3g}× the worst here, with "
-                     f"{lengths}.")
+                     f"{'met' if r >= 3 else 'MISSED'}. The best static lock of each phase in turn "
+                     f"would be {best_run / w if w else 0:.3g}× the worst here, with {lengths}: the "
+                     f"ceiling for any lock that is no faster than the best static in each phase.")
     heading = f"#### outside:{outside}" + (f" ({LOAD_NAMES[outside]})" if outside in LOAD_NAMES
                                            else "")
     return (heading + "\n\n"
@@ -435,6 +435,8 @@ def main():
     args = ap.parse_args()
     if not os.path.isdir(args.results):
         raise ReportError(f"{args.results}: no such directory")
+    # gnuplot runs inside the results directory, so the paths it is given must not be relative.
+    args.results = os.path.abspath(args.results)
 
     sections, errors, plots = [], [], []
     first = None
@@ -517,6 +519,10 @@ if __name__ == "__main__":
     except ReportError as e:
         print(f"bench/report.py: {e}", file=sys.stderr)
         sys.exit(2)
+    except FileNotFoundError as e:
+        print(f"bench/report.py: {e.filename or e}: not found; install gnuplot "
+              "(bench/run-all does) or pass --no-plots", file=sys.stderr)
+        sys.exit(2)
     except subprocess.CalledProcessError as e:
-        print(f"bench/report.py: gnuplot failed ({e}); is gnuplot installed?", file=sys.stderr)
+        print(f"bench/report.py: gnuplot failed ({e}); its own message, if any, is above", file=sys.stderr)
         sys.exit(2)
