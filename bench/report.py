@@ -446,7 +446,11 @@ def main():
         if data is None:
             sections.append(f"### {program}\n\nNot run: no {program}.json.")
             continue
-        first = first or data
+        # The machine line describes the run's start: the program that began first, whatever
+        # order the tables are in. ISO 8601 dates in one time zone sort as text.
+        date = data.get("context", {}).get("date", "")
+        if first is None or (date and date < first.get("context", {}).get("date", date)):
+            first = data
         if program == "site_cost":
             sections.append(site_cost(data))
         elif program == "stop_blackout":
