@@ -528,5 +528,6 @@ if __name__ == "__main__":
               "(bench/run-all does) or pass --no-plots", file=sys.stderr)
         sys.exit(2)
     except subprocess.CalledProcessError as e:
-        print(f"bench/report.py: gnuplot failed ({e}); its own message, if any, is above", file=sys.stderr)
+        print(f"bench/report.py: gnuplot failed ({e}); its own message, if any, is above",
+              file=sys.stderr)
         sys.exit(2)
