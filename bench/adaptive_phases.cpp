@@ -47,7 +47,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -544,32 +543,24 @@ int main(int argc, char** argv) {
   }
   if (!boot()) return 1;
   int kept = 1;
-  bool oversub_given = false;
+  std::optional<double> all_phases;
+  std::optional<double> oversub;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    const bool all_phases = arg.starts_with("--phase_seconds=");
-    if (all_phases || arg.starts_with("--oversub_seconds=")) {
-      const std::string_view name = arg.substr(0, arg.find('='));
-      char* end = nullptr;
-      const double seconds = std::strtod(argv[i] + name.size() + 1, &end);
-      if (end == nullptr || end == argv[i] + name.size() + 1 || *end != '\0' || !(seconds > 0)) {
-        std::fprintf(stderr, "adaptive_phases: %.*s must be a positive number of seconds\n",
-                     static_cast<int>(name.size()), name.data());
-        return 1;
-      }
-      if (all_phases) {
-        // An --oversub_seconds given before keeps its value: the two may come in either order.
-        for (std::size_t p = 0; p < kPhases; ++p)
-          if (p != 1 || !oversub_given) g_phase_seconds[p] = seconds;
-      } else {
-        g_phase_seconds[1] = seconds;
-        oversub_given = true;
-      }
+    const bool is_all = arg.starts_with("--phase_seconds=");
+    if (is_all || arg.starts_with("--oversub_seconds=")) {
+      const std::optional<double> seconds =
+          repatch::bench::positive_seconds("adaptive_phases", arg);
+      if (!seconds) return 1;
+      (is_all ? all_phases : oversub) = seconds;
       continue;
     }
     argv[kept++] = argv[i];
   }
   argc = kept;
+  // --oversub_seconds wins over --phase_seconds for its phase, in whichever order they come.
+  if (all_phases) g_phase_seconds.fill(*all_phases);
+  if (oversub) g_phase_seconds[1] = *oversub;
   register_phases();
   return repatch::bench::run_benchmarks(argc, argv, &print_summary);
 }

@@ -27,7 +27,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -442,14 +441,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg.starts_with("--case_seconds=")) {
-      const char* text = argv[i] + std::string_view("--case_seconds=").size();
-      char* end = nullptr;
-      g_case_seconds = std::strtod(text, &end);
-      if (end == text || *end != '\0' || !(g_case_seconds > 0)) {
-        std::fprintf(stderr,
-                     "lock_throughput: --case_seconds must be a positive number of seconds\n");
-        return 1;
-      }
+      const std::optional<double> seconds =
+          repatch::bench::positive_seconds("lock_throughput", arg);
+      if (!seconds) return 1;
+      g_case_seconds = *seconds;
       continue;
     }
     if (arg == "--pin") {

@@ -1,5 +1,5 @@
-// What the benchmark programs share: percentiles of a sample, and a main() that runs the
-// registered benchmarks and then prints the program's own summary.
+// What the benchmark programs share: percentiles of a sample, the reading of their own options,
+// and a main() that runs the registered benchmarks and then prints the program's own summary.
 #ifndef REPATCH_BENCH_STATS_H_
 #define REPATCH_BENCH_STATS_H_
 
@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
+#include <optional>
 #include <string_view>
 #include <vector>
+
+#include "trigger/text_fields.h"
 
 namespace repatch::bench {
 
@@ -31,6 +34,22 @@ inline double percentile(std::vector<double> sample, double q) {
 
 inline double median(std::vector<double> sample) {
   return percentile(std::move(sample), 0.5);
+}
+
+/// The value of `program`'s option `--<name>=<value>` (`option` is `--<name>=<value>` whole):
+/// a positive number of seconds. nullopt, after saying why on stderr, for anything else.
+inline std::optional<double> positive_seconds(const char* program, std::string_view option) {
+  const std::size_t eq = option.find('=');
+  const std::string_view name = option.substr(0, eq);
+  const std::string_view value = eq == std::string_view::npos ? "" : option.substr(eq + 1);
+  const std::optional<double> seconds = triggers::text::parse_double(value);
+  if (!seconds || !(*seconds > 0)) {
+    std::fprintf(stderr, "%s: %.*s must be a positive number of seconds, got '%.*s'\n", program,
+                 static_cast<int>(name.size()), name.data(), static_cast<int>(value.size()),
+                 value.data());
+    return std::nullopt;
+  }
+  return seconds;
 }
 
 /// Runs the benchmarks selected by the command line, then `print_summary` to stdout, or to
