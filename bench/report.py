@@ -361,7 +361,11 @@ def gnuplot(results, name, script, datasets):
     svg = os.path.join(results, name + ".svg")
     full = (f"set terminal svg size 900,520 dynamic font 'sans,12'\nset output '{svg}'\n"
             "set grid\nset key outside right\n" + script)
-    subprocess.run(["gnuplot"], input=full, text=True, check=True, cwd=results)
+    try:
+        subprocess.run(["gnuplot"], input=full, text=True, check=True, cwd=results)
+    except FileNotFoundError as e:
+        raise ReportError("gnuplot: not found; install it (bench/run-all does) or pass "
+                          "--no-plots") from e
     return svg
 
 
@@ -435,6 +439,11 @@ def main():
     args = ap.parse_args()
     if not os.path.isdir(args.results):
         raise ReportError(f"{args.results}: no such directory")
+    if args.readme and not os.path.isfile(args.readme):
+        raise ReportError(f"{args.readme}: no such file (--readme replaces the generated block "
+                          "of a file that exists)")
+    if args.markdown and not os.path.isdir(os.path.dirname(os.path.abspath(args.markdown))):
+        raise ReportError(f"{args.markdown}: its directory does not exist")
     # gnuplot runs inside the results directory, so the paths it is given must not be relative.
     args.results = os.path.abspath(args.results)
 
@@ -522,10 +531,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except ReportError as e:
         print(f"bench/report.py: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as e:
-        print(f"bench/report.py: {e.filename or e}: not found; install gnuplot "
-              "(bench/run-all does) or pass --no-plots", file=sys.stderr)
         sys.exit(2)
     except subprocess.CalledProcessError as e:
         print(f"bench/report.py: gnuplot failed ({e}); its own message, if any, is above",
