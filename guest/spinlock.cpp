@@ -30,8 +30,9 @@ using std::memory_order_relaxed;
 // Pause iterations a pv waiter spins before it sleeps (about 4-14 µs at 2.5 GHz: one pause is
 // 40-140 cycles depending on the core). Longer than a critical section should be, and short, so
 // that waiters on a host with more runnable vCPUs than CPUs soon give their CPU to the holder:
-// lock_throughput, 16 vCPUs on 2 CPUs with preemption, saturated lock: pv at 0.83x std::mutex
-// with 2^12 pauses, 1.01-1.14x with 2^8; 2 vCPUs dedicated unchanged.
+// bench/run-all, lock_throughput, 16 vCPUs on 2 CPUs with preemption, saturated lock: pv at 0.89x
+// std::mutex with 2^12 pauses, 1.04x with 2^8. The price is paid where adaptive runs native: 2
+// dedicated vCPUs on a saturated lock sleep more often, pv 0.99x native there before, 0.91x after.
 constexpr unsigned kPvSpinBudget = 1u << 8;
 // How often a pv spinner asks whether the owner is preempted: each check is a site call.
 constexpr unsigned kPreemptCheckEvery = 64;
@@ -316,7 +317,7 @@ REPATCH_CALLEE_SAVE_THUNK(spinlock_pv_lock_thunk, spinlock_pv_lock, value);
 REPATCH_CALL_VARIANT(spinlock_lock, native, spinlock_native_lock_thunk);
 REPATCH_CALL_VARIANT(spinlock_lock, pv, spinlock_pv_lock_thunk);
 
-// Head is the low 16 bits of the word: one locked increment releases a ticket lock, and leaves
+// Head is the low 16 bits of the word: one increment of it releases a ticket lock, and leaves
 // %eax (preset to 0 by spin_unlock) alone.
 REPATCH_DEFINE_OP(spinlock_unlock, spinlock, native);
 // No lock prefix: only the holder writes head, and the instruction stores only head's two bytes,
