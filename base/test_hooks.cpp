@@ -34,6 +34,8 @@ const char* handler_name(Handler handler) {
       return "sleeper_wake";
     case Handler::kStateCheck:
       return "state_check";
+    case Handler::kInOpDeadline:
+      return "in_op_deadline";
     case Handler::kCount:
       break;
   }

@@ -29,6 +29,8 @@ enum class Handler : std::uint8_t {
   kLockConvert,      ///< "lock_convert": live locks are converted to the new encoding (H6)
   kSleeperWake,      ///< "sleeper_wake": converting a pv lock wakes its sleeping waiters (H6)
   kStateCheck,       ///< "state_check": a lock that cannot be converted refuses the switch (H6)
+  kInOpDeadline,     ///< "in_op_deadline": the stopless writer stops waiting for a vCPU inside
+                     ///< an op after SwitchOptions::in_op_deadline (H3)
   kCount,
 };
 

@@ -18,6 +18,7 @@
 #include "arch/x86/text_poker.h"
 #include "base/text.h"
 #include "engine/engine_impl.h"
+#include "engine/group_phase.h"
 #include "engine/site_image.h"
 
 namespace repatch {
@@ -192,6 +193,10 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
     w.entry->set_held(w.variant, false);
   }
   impl->group_variant = target.value();
+  for (engine::GroupIndex g = 0; g < impl->group_variant.size() && g < sync::kMaxTrackedGroups;
+       ++g) {
+    engine::settle_group_phase(g, impl->group_variant[g]);
+  }
   impl->group_state.assign(impl->catalog.groups().size(), nullptr);
   for (const engine::CatalogOp& op : impl->catalog.ops()) {
     const engine::VariantIndex v = impl->group_variant[op.group];

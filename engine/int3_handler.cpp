@@ -13,6 +13,7 @@
 
 #include "arch/x86/instruction.h"
 #include "base/test_hooks.h"
+#include "engine/switch_protocol.h"
 #include "engine/transaction.h"
 #include "sync/vcpu.h"
 
@@ -26,6 +27,34 @@ struct sigaction g_previous {};
 // What to do with a trap at the start of a site of the table.
 enum class Verdict { kResumeAtSite, kRetrap, kNotOurs };
 
+// A thread that hit the fence runs the attempt itself (H5), inside an NMI handler too (H4). It may
+// have interrupted any other executor, the primary included, so it never waits for one; under the
+// stopless writer it waits only for vCPUs inside an op of the groups to leave it, and only when it
+// is neither inside one itself nor in an NMI handler (the op it would wait for may be the one its
+// own vCPU was running when the NMI came).
+class TrapExecutor final : public Executor {
+ public:
+  TrapExecutor(bool in_nmi, bool self_in_op) : in_nmi_(in_nmi), self_in_op_(self_in_op) {}
+
+  bool quiescent(Transaction& attempt) noexcept override {
+    switch (attempt.writer()) {
+      case SwitchWriter::kBatch:
+        return true;
+      case SwitchWriter::kStopless:
+        if (!in_nmi_ && !self_in_op_) return attempt.wait_until_no_vcpu_in_op();
+        break;
+      case SwitchWriter::kAuto:
+      case SwitchWriter::kStopMachine:
+        break;
+    }
+    return attempt.vcpu_in_op() == sync::kMaxVcpus;
+  }
+
+ private:
+  bool in_nmi_;
+  bool self_in_op_;
+};
+
 Verdict handle_site_trap(std::uintptr_t site) noexcept {
   return with_published([site](Transaction* transaction) noexcept {
     const SitePlan* plan = transaction != nullptr ? transaction->site_at(site) : nullptr;
@@ -38,13 +67,16 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
     const sync::Vcpu* self = sync::Vcpu::current();
     const bool in_nmi =
         self != nullptr && sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);
+    const bool self_in_op = self != nullptr && transaction->in_op(self->id());
     if (in_nmi ? test::disabled(test::Handler::kNmiCompletion)
                : test::disabled(test::Handler::kInt3Completion)) {
       // With completion off, an NMI can only wait for someone else to finish (it re-traps until
       // then: a livelock when the NMI sits on the primary); anything else is not handled at all.
       return in_nmi ? Verdict::kRetrap : Verdict::kNotOurs;
     }
-    transaction->complete(in_nmi);
+    TrapExecutor executor(in_nmi, self_in_op);
+    run_switch_protocol(*transaction, executor);
+    transaction->count_completion(in_nmi);
     return Verdict::kResumeAtSite;
   });
 }

@@ -1,21 +1,16 @@
 // Engine::switch_groups(): plan, then attempts until one commits or the deadline passes.
 //
-// One attempt with stop-machine (sync/stop_machine.h runs the stop; engine/transaction.h the
-// writes):
-//   first step:  every other online vCPU parks in its IPI handler and checks its interrupted
-//                context: not inside a site of the switch, no op of the groups in flight (H7);
-//   second step: the primary checks every site still holds its old image, publishes the attempt
-//                for the #BP handler, writes the INT3 fence and makes every parked vCPU
-//                serialise;
-//   third step:  it decides the direction: forward if every vCPU serialised and nobody (an NMI
-//                handler included) is inside an op of the groups, else backward;
-//   fourth step: forward: tails, sync, heads, sync; backward: the fence is taken back, sync;
-//   fifth step:  release: parked vCPUs serialise and return.
-// An NMI or #BP executor may do any of the writes instead of the primary; the primary's own
+// Every attempt runs the one step sequence of engine/switch_protocol.h; the three writers differ
+// in what surrounds it and in how they establish quiescence:
+//   stop-machine: every other online vCPU parks in its IPI handler after checking its interrupted
+//                 context (not inside a site of the switch, no op of the groups in flight: H7);
+//                 the primary then runs the steps, waiting out NMIs begun before its fence and
+//                 reading every vCPU's in-op marks before it decides; release lets them go;
+//   batch:        nobody stops and nothing is checked (interchangeable groups);
+//   stopless:     nobody stops; after the fence, the primary reads every vCPU's in-op marks until
+//                 none is set, up to a deadline, then decides (backward at the deadline).
+// An NMI or #BP executor may run any of the steps instead of the primary; the primary's own
 // compare-and-swaps then find them done (H4, H5).
-//
-// The batch writer (interchangeable groups) runs the same writes without a stop, with
-// membarrier(SYNC_CORE) in place of the parked vCPUs' serialisation.
 #include <pthread.h>
 #include <ucontext.h>
 
@@ -29,8 +24,10 @@
 #include "base/test_hooks.h"
 #include "base/text.h"
 #include "engine/engine_impl.h"
+#include "engine/group_phase.h"
 #include "engine/int3_handler.h"
 #include "engine/site_image.h"
+#include "engine/switch_protocol.h"
 #include "engine/transaction.h"
 #include "sync/stop_machine.h"
 #include "sync/sync_cores.h"
@@ -50,7 +47,7 @@ enum WorkReason : int {
   kReasonStateRefused     // run: a group's state cannot be converted (GroupState::can_convert)
 };
 
-class SwitchWork final : public sync::StopWork {
+class SwitchWork final : public sync::StopWork, public engine::Executor {
  public:
   SwitchWork(engine::Transaction& transaction, std::chrono::nanoseconds nmi_deadline)
       : transaction_(transaction), nmi_deadline_(nmi_deadline) {}
@@ -66,42 +63,30 @@ class SwitchWork final : public sync::StopWork {
     return 0;
   }
 
-  // membarrier after each step serialises every CPU running the process, parked vCPUs and
-  // threads the stop does not hold alike, as the kernel's text_poke_bp syncs every CPU; it wakes
-  // nobody, unlike a sync round of the stop. After the fence the primary also waits out every NMI
-  // handler begun before it: such a handler may have entered an op (old code) before its mark
-  // became visible, and it must be gone before the direction is decided.
+  // membarrier serialises every CPU running the process, parked vCPUs and threads the stop does
+  // not hold alike, as the kernel's text_poke_bp syncs every CPU; it wakes nobody, unlike a sync
+  // round of the stop.
   int run(sync::StopContext& /*context*/) noexcept override {
     if (!transaction_.sites_hold_old()) return kReasonForeign;
     engine::publish_and_drain(&transaction_);
     published_ = true;
     test::inject(test::Point::kStopped, 0);
-    transaction_.fence(/*primary=*/true);
-    sync::sync_cores();
-    const bool synced = sync::wait_for_nmis_in_flight(nmi_deadline_);
-    test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction_.size()));
-    in_op_after_fence_ = test::disabled(test::Handler::kQuiescenceCheck)
-                             ? sync::kMaxVcpus
-                             : transaction_.vcpu_in_op();
-    // Third step: the state check comes last, as it walks every live object of the groups.
-    const bool forward =
-        synced && in_op_after_fence_ == sync::kMaxVcpus && transaction_.states_convertible();
-    if (transaction_.decide(forward ? engine::Direction::kForward : engine::Direction::kBackward) ==
-        engine::Direction::kForward) {
-      // Fourth step: state first, while every site still traps, then the code.
-      transaction_.convert_states();
-      transaction_.write_tails(/*primary=*/true);
-      sync::sync_cores();
-      transaction_.write_heads(/*primary=*/true);
-      sync::sync_cores();
-      test::inject(test::Point::kWritten, static_cast<std::uint32_t>(transaction_.size()));
-      return 0;
-    }
-    transaction_.unfence();
-    sync::sync_cores();
+    const engine::Direction direction = engine::run_switch_protocol(transaction_, *this);
+    transaction_.release();
+    if (direction == engine::Direction::kForward) return 0;
     if (transaction_.refusal()[0] != '\0') return kReasonStateRefused;
-    return synced ? kReasonInOpAfterFence : kReasonNmiTimeout;
+    return nmis_returned_ ? kReasonInOpAfterFence : kReasonNmiTimeout;
   }
+
+  // The third step's question, with every target parked and checked: an NMI handler begun before
+  // the fence may have entered an op (old code) before its mark became visible, so it must be
+  // gone; then nobody, NMI handlers included, may be inside an op of the groups.
+  bool quiescent(engine::Transaction& attempt) noexcept override {
+    nmis_returned_ = sync::wait_for_nmis_in_flight(nmi_deadline_);
+    in_op_after_fence_ = attempt.vcpu_in_op();
+    return nmis_returned_ && in_op_after_fence_ == sync::kMaxVcpus;
+  }
+  bool primary() const noexcept override { return true; }
 
   /// Whether run() published the attempt (it then stays reachable until the next one is).
   bool published() const { return published_; }
@@ -113,27 +98,33 @@ class SwitchWork final : public sync::StopWork {
   engine::Transaction& transaction_;
   std::chrono::nanoseconds nmi_deadline_;
   bool published_ = false;
+  bool nmis_returned_ = true;
   sync::VcpuId in_op_after_fence_ = sync::kMaxVcpus;
 };
 
-// The batch writer: nobody stops. Returns the time from the first write to the last sync.
-std::chrono::nanoseconds write_batch(engine::Transaction& transaction) {
-  engine::publish_and_drain(&transaction);
+// The primary of a writer that stops nobody: batch (interchangeable groups, so no quiescence to
+// establish) and stopless (quiescence from every vCPU's in-op marks, waited for up to the
+// attempt's in-op deadline).
+class StoplessPrimary final : public engine::Executor {
+ public:
+  bool quiescent(engine::Transaction& attempt) noexcept override {
+    return attempt.writer() == SwitchWriter::kBatch || attempt.wait_until_no_vcpu_in_op();
+  }
+  bool primary() const noexcept override { return true; }
+};
+
+// Runs one attempt without a stop. Returns its direction; `written` gets the time from the first
+// write to the last serialise.
+engine::Direction write_without_stop(engine::Transaction& attempt,
+                                     std::chrono::nanoseconds* written) {
+  engine::publish_and_drain(&attempt);
   const auto start = Clock::now();
   test::inject(test::Point::kStopped, 0);
-  transaction.fence(/*primary=*/true);
-  sync::sync_cores();
-  test::inject(test::Point::kFenced, static_cast<std::uint32_t>(transaction.size()));
-  transaction.decide(engine::Direction::kForward);
-  // Groups with state never come here (set_group_state refuses interchangeable groups), except
-  // a stateful group written without a stop when a hazard test switches the stop off.
-  transaction.convert_states();
-  transaction.write_tails(/*primary=*/true);
-  sync::sync_cores();
-  transaction.write_heads(/*primary=*/true);
-  sync::sync_cores();
-  test::inject(test::Point::kWritten, static_cast<std::uint32_t>(transaction.size()));
-  return Clock::now() - start;
+  StoplessPrimary primary;
+  const engine::Direction direction = engine::run_switch_protocol(attempt, primary);
+  attempt.release();
+  *written = Clock::now() - start;
+  return direction;
 }
 
 std::string vcpu_name(sync::VcpuId id) {
@@ -144,10 +135,22 @@ std::string vcpu_name(sync::VcpuId id) {
 struct Plan {
   std::vector<engine::SitePlan> sites;
   std::vector<engine::StateChange> states;
-  std::uint32_t tracked_groups = 0;
+  std::vector<engine::TrackedGroup> tracked;
+  std::string untracked_text;  // the first switched group beyond sync::kMaxTrackedGroups
   std::vector<engine::VariantIndex> target;  // per group; the current variant when not switched
   std::string groups_text;                   // "'demo_lock' to 'pv'", for messages
 };
+
+// Why the sites no longer hold the images planned for them: the first site's own message.
+std::string foreign_write_text(const Engine::Impl& impl, const Plan& plan) {
+  for (const engine::SitePlan& site : plan.sites) {
+    if (Status s = engine::check_site_holds_current(impl.catalog, impl.table, *site.entry);
+        !s.ok()) {
+      return s.error().message();
+    }
+  }
+  return "a site changed after planning";
+}
 
 // The image a site switches to: the new variant, padded so that its first byte differs from the
 // one the site holds now (docs/switch-protocol.md, "the first byte must change").
@@ -209,7 +212,13 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
     switched.push_back(g);
   }
   for (const engine::GroupIndex g : switched) {
-    if (g < sync::kMaxTrackedGroups) plan.tracked_groups |= 1u << g;
+    if (g < sync::kMaxTrackedGroups) {
+      const engine::VariantIndex from = impl.group_variant[g];
+      plan.tracked.push_back({g, from == engine::kIndirect ? engine::VariantIndex{0} : from,
+                              plan.target[g]});
+    } else {
+      if (plan.untracked_text.empty()) plan.untracked_text = std::string(catalog.group(g).desc->name);
+    }
     if (GroupState* state = impl.group_state[g]) {
       // An unpatched group runs its default variant, so its state is in that encoding.
       const engine::VariantIndex from = impl.group_variant[g];
@@ -229,7 +238,7 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
 }
 
 Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
-                                   const std::vector<GroupChoice>& choices,
+                                   const std::vector<GroupChoice>& choices, const Plan& plan,
                                    SwitchWriter requested) {
   bool interchangeable = true;
   std::string not_interchangeable;
@@ -248,7 +257,16 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
         ErrorCode::kUnsupported,
         "group '" + not_interchangeable +
             "' is not interchangeable (abi::kGroupInterchangeable), so "
-            "its variants may not run side by side: switch it with SwitchWriter::kStopMachine");
+            "its variants may not run side by side: switch it with SwitchWriter::kStopless or "
+            "SwitchWriter::kStopMachine");
+  }
+  if (requested == SwitchWriter::kStopless && !plan.untracked_text.empty()) {
+    return Error(ErrorCode::kUnsupported,
+                 "group '" + plan.untracked_text + "' is beyond the first " +
+                     std::to_string(sync::kMaxTrackedGroups) +
+                     " groups of the catalog, whose in-op depth vCPUs track, so the stopless "
+                     "writer could not tell whether a vCPU is inside one of its ops: switch it "
+                     "with SwitchWriter::kStopMachine");
   }
   return requested;
 }
@@ -281,6 +299,10 @@ void commit(Engine::Impl& impl, const Plan& plan) {
     *op.desc->slot = reinterpret_cast<void*>(op.variants[v]->callable);
   }
   impl.group_variant = plan.target;
+  // An attempt's release settled these already; a switch with nothing to write has none.
+  for (const engine::TrackedGroup& tracked : plan.tracked) {
+    engine::settle_group_phase(tracked.group, tracked.to);
+  }
 }
 
 }  // namespace
@@ -293,6 +315,8 @@ const char* switch_writer_name(SwitchWriter writer) {
       return "stop";
     case SwitchWriter::kBatch:
       return "batch";
+    case SwitchWriter::kStopless:
+      return "stopless";
   }
   return "unknown";
 }
@@ -311,6 +335,8 @@ const char* switch_abort_name(SwitchAbort reason) {
       return "fence_undone";
     case SwitchAbort::kForeignWrite:
       return "foreign_write";
+    case SwitchAbort::kInOpTimeout:
+      return "in_op_timeout";
     case SwitchAbort::kStateRefused:
       return "state_refused";
   }
@@ -351,7 +377,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   Result<Plan> planned = plan_switch(impl, choices);
   if (!planned.ok()) return refuse(planned.error());
   Plan plan = std::move(planned).value();
-  Result<SwitchWriter> writer = choose_writer(impl, choices, options.writer);
+  Result<SwitchWriter> writer = choose_writer(impl, choices, plan, options.writer);
   if (!writer.ok()) return refuse(writer.error());
   outcome.writer = writer.value();
   if (plan.sites.empty()) {
@@ -378,8 +404,14 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   std::string last_reason;
   for (;;) {
     ++outcome.attempts;
-    auto attempt = std::make_unique<engine::Transaction>(plan.sites, plan.tracked_groups,
-                                                         *impl.poker, !stop, plan.states);
+    // With the stop switched off, a stop-machine switch is written as the batch writer writes,
+    // unchecked, for the hazard tests that must then see what the stop prevents.
+    const SwitchWriter attempt_writer =
+        stop ? SwitchWriter::kStopMachine
+             : (outcome.writer == SwitchWriter::kStopMachine ? SwitchWriter::kBatch : outcome.writer);
+    auto attempt = std::make_unique<engine::Transaction>(plan.sites, plan.tracked, *impl.poker,
+                                                         attempt_writer, plan.states,
+                                                         options.in_op_deadline);
     SwitchAbort reason = SwitchAbort::kNone;
     bool published = true;
     if (stop) {
@@ -392,15 +424,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
         case sync::StopOutcome::kDone:
           if (result.work_result == kReasonForeign) {
             reason = SwitchAbort::kForeignWrite;
-            last_reason = "a site changed after planning";
-            for (const engine::SitePlan& site : plan.sites) {
-              if (Status s =
-                      engine::check_site_holds_current(impl.catalog, impl.table, *site.entry);
-                  !s.ok()) {
-                last_reason = s.error().message();
-                break;
-              }
-            }
+            last_reason = foreign_write_text(impl, plan);
           } else if (result.work_result != 0) {
             reason = SwitchAbort::kFenceUndone;
             last_reason = result.work_result == kReasonNmiTimeout
@@ -447,8 +471,33 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
                               "switch_groups() was called from the work of another "
                               "stop_machine(); switch from normal context"));
       }
+    } else if (!attempt->sites_hold_old()) {
+      // Checked here, before the fence, as the stop's work checks it; nothing is published.
+      published = false;
+      reason = SwitchAbort::kForeignWrite;
+      last_reason = foreign_write_text(impl, plan);
     } else {
-      outcome.blackout = write_batch(*attempt);
+      std::chrono::nanoseconds written{0};
+      const engine::Direction direction = write_without_stop(*attempt, &written);
+      outcome.blackout = written;
+      if (direction != engine::Direction::kForward) {
+        if (attempt->refusal()[0] != '\0') {
+          reason = SwitchAbort::kStateRefused;
+          last_reason = std::string(attempt->refusal()) +
+                        "; the fence was taken back and nothing was converted";
+        } else if (attempt->in_op_culprit() != sync::kMaxVcpus) {
+          reason = SwitchAbort::kInOpTimeout;
+          last_reason = vcpu_name(attempt->in_op_culprit()) +
+                        " was still inside an op of a switched group " +
+                        std::to_string(options.in_op_deadline.count() / 1000) +
+                        " us after the INT3 fence; the fence was taken back";
+        } else {
+          reason = SwitchAbort::kFenceUndone;
+          last_reason =
+              "an NMI or #BP handler inside an op of a switched group reached the INT3 fence and "
+              "took it back";
+        }
+      }
     }
     if (published) {
       // Counted once the executors still inside have left. The attempt stays published for

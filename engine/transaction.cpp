@@ -7,7 +7,7 @@
 
 #include "arch/x86/code_store.h"
 #include "base/test_hooks.h"
-#include "sync/sync_cores.h"
+#include "engine/group_phase.h"
 #include "sync/vcpu.h"
 
 namespace repatch::engine {
@@ -17,14 +17,20 @@ std::atomic<Transaction*> g_published{nullptr};
 std::atomic<std::uint32_t> g_executors_inside{0};
 }  // namespace detail
 
-Transaction::Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups,
-                         x86::TextPoker& poker, bool stopless, std::vector<StateChange> states)
+Transaction::Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked,
+                         x86::TextPoker& poker, SwitchWriter writer,
+                         std::vector<StateChange> states, std::chrono::nanoseconds in_op_deadline)
     : sites_(std::move(sites)),
-      tracked_groups_(tracked_groups),
+      tracked_(std::move(tracked)),
       poker_(poker),
       alias_delta_(poker.alias_delta()),
-      stopless_(stopless),
-      states_(std::move(states)) {}
+      writer_(writer),
+      states_(std::move(states)),
+      in_op_deadline_(in_op_deadline),
+      in_op_culprit_(sync::kMaxVcpus) {
+  for (const TrackedGroup& t : tracked_)
+    tracked_bits_ |= 1u << t.group;
+}
 
 const SitePlan* Transaction::site_at(std::uintptr_t address) const noexcept {
   const auto it =
@@ -74,7 +80,7 @@ bool Transaction::sites_hold_old() const noexcept {
 }
 
 std::uint16_t Transaction::vcpu_in_op() const noexcept {
-  if (tracked_groups_ == 0) return sync::kMaxVcpus;
+  if (tracked_bits_ == 0) return sync::kMaxVcpus;
   const sync::VcpuId limit = sync::slot_limit();
   for (sync::VcpuId id = 0; id < limit; ++id) {
     if (sync::slot(id).tid.load(std::memory_order_relaxed) == 0) continue;
@@ -87,10 +93,39 @@ bool Transaction::in_op(std::uint16_t id) const noexcept {
   const sync::VcpuSlot& slot = sync::slot(id);
   // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence was
   // visible is seen here (pairs with the seq_cst increment in OpInFlight).
-  for (std::uint32_t bits = tracked_groups_; bits != 0; bits &= bits - 1) {
+  for (std::uint32_t bits = tracked_bits_; bits != 0; bits &= bits - 1) {
     if (slot.in_op[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return true;
   }
   return false;
+}
+
+namespace {
+
+std::int64_t steady_ns() noexcept {
+  // steady_clock reads CLOCK_MONOTONIC through the vDSO: no lock, async-signal-safe.
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+bool Transaction::wait_until_no_vcpu_in_op() noexcept {
+  for (;;) {
+    const std::uint16_t busy = vcpu_in_op();
+    if (busy == sync::kMaxVcpus) return true;
+    if (direction() != Direction::kUndecided) return false;
+    // Relaxed: the primary stores it before its first INT3, and an executor gets here only after
+    // trapping on one (or after its own fence, on the primary's thread).
+    const std::int64_t fenced_at = fenced_at_ns_.load(std::memory_order_relaxed);
+    if (fenced_at != 0 && steady_ns() - fenced_at >= in_op_deadline_.count() &&
+        !test::disabled(test::Handler::kInOpDeadline)) {
+      in_op_culprit_.store(busy, std::memory_order_relaxed);
+      return false;
+    }
+    // The vCPU inside the op needs a CPU to leave it; with more vCPUs than CPUs it may be ours.
+    sched_yield();
+  }
 }
 
 bool Transaction::swap_byte(std::uintptr_t address, std::uint8_t expected,
@@ -104,6 +139,13 @@ bool Transaction::swap_byte(std::uintptr_t address, std::uint8_t expected,
 }
 
 void Transaction::fence(bool primary) noexcept {
+  if (primary) {
+    fenced_at_ns_.store(steady_ns(), std::memory_order_relaxed);
+    // Before the first INT3: every executor traps on one of them after this, so its in-op scan
+    // comes after the announcement too (group_phase.h has the Dekker pair).
+    for (const TrackedGroup& t : tracked_)
+      announce_group_switch(t.group);
+  }
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     swap_byte(site.address, site.from.bytes[0], x86::kInt3);
@@ -145,6 +187,12 @@ void Transaction::unfence() noexcept {
   }
 }
 
+void Transaction::release() noexcept {
+  const bool forward = direction() == Direction::kForward;
+  for (const TrackedGroup& t : tracked_)
+    settle_group_phase(t.group, forward ? t.to : t.from);
+}
+
 bool Transaction::states_convertible() noexcept {
   for (const StateChange& change : states_) {
     char why[sizeof refusal_];
@@ -163,35 +211,6 @@ bool Transaction::states_convertible() noexcept {
 void Transaction::convert_states() noexcept {
   for (const StateChange& change : states_)
     change.state->convert(change.from, change.to);
-}
-
-void Transaction::complete(bool in_nmi) noexcept {
-  Direction direction = this->direction();
-  if (direction == Direction::kUndecided) {
-    // Fence every site before deciding: tails must never be written to a site another executor
-    // could still be running. The primary may be anywhere in its own fence (this may be an NMI on
-    // top of it); the compare-and-swaps make the overlap harmless.
-    fence(false);
-    sync::sync_cores();
-    const bool nobody_in_op =
-        test::disabled(test::Handler::kQuiescenceCheck) || vcpu_in_op() == sync::kMaxVcpus;
-    const bool forward = stopless_ || (nobody_in_op && states_convertible());
-    direction = decide(forward ? Direction::kForward : Direction::kBackward);
-  }
-  if (direction == Direction::kForward) {
-    // Whoever decided may not have converted yet (it may be the primary, interrupted by this
-    // NMI): converting is idempotent, and must be done before any new code can run.
-    convert_states();
-    write_tails(false);
-    sync::sync_cores();
-    write_heads(false);
-  } else {
-    // An executor that fenced above while the primary was taking the fence back may have left an
-    // INT3 behind; this pass removes its own, as every executor's does.
-    unfence();
-  }
-  sync::sync_cores();
-  (in_nmi ? nmi_completions_ : int3_completions_).fetch_add(1, std::memory_order_relaxed);
 }
 
 void publish_and_drain(Transaction* transaction) noexcept {

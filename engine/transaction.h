@@ -1,20 +1,13 @@
 // One attempt at switching groups: the planned images and the idempotent write steps that any
-// executor can run (the primary, an NMI handler, a thread that hit an INT3 of the fence).
+// executor can run (the primary, an NMI handler, a thread that hit an INT3 of the fence). The order
+// in which they run is engine/switch_protocol.h's; this file says why each is safe to replay.
 //
-// The protocol (docs/switch-protocol.md has the reasoning):
-//   first step:  fence  - every site's first byte goes from its old value to INT3;
-//   second step: decide - one compare-and-swap of `direction` from undecided to forward (nobody is
-//                         inside an op of the groups, and every group's state can be converted)
-//                         or backward (otherwise, or an NMI begun before the fence outlasted its
-//                         deadline): the first executor to decide wins and everyone follows;
-//   third step:  forward: convert the groups' state (GroupState, idempotent), then tails (every
-//                byte after the first), then heads (INT3 to the new first byte); backward:
-//                unfence (INT3 back to the old first byte).
 // The fence and unfence are compare-and-swaps of one byte from the value they expect to the next
 // one, so a replay that comes late finds the byte already moved on and does nothing. A site's first
 // byte always differs between its old and new image (planning alternates the padding prefix), so
 // a late fence can never succeed on a site whose heads were written. Tails and heads are plain
-// stores: they are written only going forward, and every writer stores the same new bytes.
+// stores: they are written only going forward, and every writer stores the same new bytes. The
+// direction is one compare-and-swap from undecided: the first executor to decide wins.
 //
 // Executors never wait for one another: an NMI may have interrupted any of them, the primary
 // included. Each counts itself in and out while it holds an attempt (with_published). Attempts are
@@ -26,6 +19,7 @@
 #define REPATCH_ENGINE_TRANSACTION_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -34,6 +28,7 @@
 #include "arch/x86/text_poker.h"
 #include "engine/catalog.h"
 #include "engine/site_table.h"
+#include "repatch/engine.h"
 #include "repatch/group_state.h"
 
 namespace repatch::engine {
@@ -56,17 +51,27 @@ struct StateChange {
   int to;
 };
 
+/// A switched group whose in-op depth vCPUs track (index below sync::kMaxTrackedGroups), and the
+/// variants it goes between, for its phase word (engine/group_phase.h).
+struct TrackedGroup {
+  GroupIndex group;
+  VariantIndex from;
+  VariantIndex to;
+};
+
 class Transaction {
  public:
-  /// `sites` sorted by address. `tracked_groups`: bit g set for each switched group g below 32
-  /// (the groups whose in-op depth vCPUs keep). `stopless`: the batch writer (nobody is stopped;
-  /// the groups are interchangeable, so executors always go forward).
-  Transaction(std::vector<SitePlan> sites, std::uint32_t tracked_groups, x86::TextPoker& poker,
-              bool stopless, std::vector<StateChange> states = {});
+  /// `sites` sorted by address. `tracked`: the switched groups whose in-op depth vCPUs keep.
+  /// `writer`: how the attempt establishes quiescence (kStopMachine, kBatch or kStopless).
+  /// `in_op_deadline`: kStopless, how long after the fence executors may wait for vCPUs inside an
+  /// op of the groups.
+  Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked,
+              x86::TextPoker& poker, SwitchWriter writer, std::vector<StateChange> states,
+              std::chrono::nanoseconds in_op_deadline);
 
   std::size_t size() const { return sites_.size(); }
   const std::vector<SitePlan>& sites() const { return sites_; }
-  bool stopless() const { return stopless_; }
+  SwitchWriter writer() const { return writer_; }
 
   /// The site starting at `address`, or nullptr. Async-signal-safe.
   const SitePlan* site_at(std::uintptr_t address) const noexcept;
@@ -80,6 +85,16 @@ class Transaction {
   std::uint16_t vcpu_in_op() const noexcept;
   /// Whether vCPU `id` is inside an op of a switched group. Async-signal-safe.
   bool in_op(std::uint16_t id) const noexcept;
+  /// kStopless: waits until no vCPU is inside an op of the switched groups (true), or until the
+  /// attempt is decided or its in-op deadline has passed (false). Yields the CPU between looks,
+  /// so that the vCPUs it waits for can run. At the deadline, the vCPU still inside one is kept
+  /// for in_op_culprit(). Async-signal-safe.
+  bool wait_until_no_vcpu_in_op() noexcept;
+  /// The vCPU that was inside an op when wait_until_no_vcpu_in_op() met the deadline, or
+  /// sync::kMaxVcpus.
+  std::uint16_t in_op_culprit() const noexcept {
+    return in_op_culprit_.load(std::memory_order_relaxed);
+  }
 
   /// Whether every switched group's state can be converted (GroupState::can_convert). The first
   /// refusal's text is kept, for refusal(). Async-signal-safe.
@@ -92,7 +107,8 @@ class Transaction {
     return refusal_ready_.load(std::memory_order_acquire) ? refusal_ : "";
   }
 
-  // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
+  // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points and,
+  // in fence(), the announcement that only the primary makes. ----
   void fence(bool primary) noexcept;
   /// Moves `direction` from undecided to `wish`; returns the direction that won.
   Direction decide(Direction wish) noexcept;
@@ -100,25 +116,32 @@ class Transaction {
   void write_tails(bool primary) noexcept;
   void write_heads(bool primary) noexcept;
   void unfence() noexcept;
+  /// The ninth step, the primary's alone: settles every tracked group's phase word at the variant
+  /// the attempt leaves it in. Call once run_switch_protocol() has returned on the primary.
+  void release() noexcept;
 
-  /// What an executor other than the primary runs: finishes the attempt in whatever direction it
-  /// goes (deciding it if nobody has yet), serialising the other CPUs between steps with
-  /// membarrier where it can. `in_nmi` selects the counter it is reported in.
-  void complete(bool in_nmi) noexcept;
-
+  /// Counts one completion by an executor other than the primary: inside an NMI handler or not.
+  void count_completion(bool in_nmi) noexcept {
+    (in_nmi ? nmi_completions_ : int3_completions_).fetch_add(1, std::memory_order_relaxed);
+  }
   std::uint64_t int3_completions() const { return int3_completions_.load(); }
   std::uint64_t nmi_completions() const { return nmi_completions_.load(); }
 
  private:
-  std::vector<SitePlan> sites_;
-  std::uint32_t tracked_groups_;
   // One byte, compare-and-swap, through the alias.
   bool swap_byte(std::uintptr_t address, std::uint8_t expected, std::uint8_t desired) noexcept;
 
+  std::vector<SitePlan> sites_;
+  std::vector<TrackedGroup> tracked_;
+  std::uint32_t tracked_bits_ = 0;  // bit g for each tracked group g
   x86::TextPoker& poker_;
   std::intptr_t alias_delta_;  // code address + this = its writable alias (memfd backend only)
-  bool stopless_;
+  SwitchWriter writer_;
   std::vector<StateChange> states_;
+  std::chrono::nanoseconds in_op_deadline_;
+  // When the primary's fence began (steady clock), for the in-op deadline; 0 before.
+  std::atomic<std::int64_t> fenced_at_ns_{0};
+  std::atomic<std::uint16_t> in_op_culprit_;
   std::atomic<Direction> direction_{Direction::kUndecided};
   // The first executor whose can_convert refused claims the buffer, writes its text, then sets
   // refusal_ready_.

@@ -36,11 +36,12 @@ void shootdown(Shootdown* request, bool paravirt) {
   // A shootdown waits for other vCPUs for as long as they take: a switch of the group must not
   // rewrite its sites (or drain its marks) under it (H7).
   const OpInFlight in_op(repatch_group_tlb);
-  // A vCPU stopped between the site's call and the line above is not seen busy (repatch/in_op.h):
-  // the group may have switched to native meanwhile, drained every flush-on-resume mark, and put
-  // native code at the site. A mark left now would outlive the drain with nobody to honour it
-  // (the native resume hook knows no marks), so this late pv body waits as native does.
-  if (paravirt && group_state().converted_to() == kNativeVariant) paravirt = false;
+  // A thread that passed the site before a switch fenced it opens its mark only now, unseen by the
+  // switch (repatch/in_op.h): the group may be switching to native, or have switched, draining
+  // every flush-on-resume mark. A mark left now could outlive the drain with nobody to honour it
+  // (the native resume hook knows no marks), so a pv body that is not current waits as native
+  // does, which is correct in both variants.
+  if (paravirt && !in_op.variant_current(kPvVariant)) paravirt = false;
   bool is_vcpu = false;
   const sync::VcpuId self = current_id_or(0, &is_vcpu);
   request->waited = 0;

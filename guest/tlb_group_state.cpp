@@ -44,7 +44,6 @@ bool TlbGroupState::can_convert(int from, int to, char* why, std::size_t size) n
 }
 
 void TlbGroupState::convert(int from, int to) noexcept {
-  converted_to_.store(to, std::memory_order_seq_cst);  // see converted_to()
   if (from != kPvVariant || to != kNativeVariant) return;
   if (test::disabled(test::Handler::kTlbDrain)) return;
   // Every slot ever used, not only online vCPUs: a vCPU parked by the hypervisor or offline may be

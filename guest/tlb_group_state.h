@@ -36,17 +36,9 @@ class TlbGroupState final : public GroupState {
   /// Marks drained since the process started (statistics).
   std::uint64_t drained() const { return drained_.load(std::memory_order_relaxed); }
 
-  /// The variant the last conversion went to (kNativeVariant or kPvVariant), or -1 before the
-  /// group's first switch. A pv shootdown reads it after opening its OpInFlight: a vCPU stopped
-  /// between the site's call and that mark is not seen busy, so its pv body may run on after a
-  /// switch to native has drained the marks; seeing native here, it waits as native does instead
-  /// of leaving a mark nobody would honour. Seq_cst: the store is made under the stop, before
-  /// any site changes, and the stop's release orders it before the vCPU's load. Async-signal-safe.
-  int converted_to() const noexcept { return converted_to_.load(std::memory_order_seq_cst); }
 
  private:
   std::atomic<std::uint64_t> drained_{0};
-  std::atomic<int> converted_to_{-1};
 };
 
 /// The one instance, for Engine::set_group_state.

@@ -83,20 +83,32 @@ struct EngineStatus {
   std::string sync_core;  ///< "iret" or "serialize"
 };
 
-/// How a switch writes the sites.
+/// How a switch writes the sites. Every writer runs the same protocol (docs/switch-protocol.md):
+/// fence, serialise, decide, convert, tails, serialise, heads, serialise, release. They differ in
+/// how they serialise the other CPUs and how they establish that nobody is inside an op of the
+/// switched groups (quiescence).
 enum class SwitchWriter : std::uint8_t {
   /// kBatch when every switched group is interchangeable (abi::kGroupInterchangeable), else
   /// kStopMachine.
   kAuto,
-  /// Every other online vCPU parked in its IPI handler for the whole write; quiescence checked.
+  /// Every other online vCPU parked in its IPI handler for the whole write; each checks its own
+  /// context (not inside a site, no op of the groups in flight) before it parks.
   kStopMachine,
-  /// No stop: INT3 on every site, then tails, then first bytes, with
-  /// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) between the steps. Only for groups
-  /// whose variants are interchangeable at any instant; refused for others.
+  /// No stop, for interchangeable groups only: INT3 on every site, then tails, then first bytes,
+  /// with membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) between the steps. There is no
+  /// quiescence to establish: old and new variants may run side by side. Refused for others.
   kBatch,
+  /// No stop, for groups with state or whose ops must pair (spinlock, tlb, user groups): the INT3
+  /// fence and membarrier as kBatch, then quiescence from each vCPU's own in-op marks, read
+  /// without asking the vCPU anything. A vCPU that never touches the groups is never interrupted
+  /// or waited for; one that reaches a fenced site waits for the switch or completes it; one that
+  /// is inside an op of the groups delays the switch until it leaves, up to `in_op_deadline`, after
+  /// which the fence is taken back and the attempt retried. Refused for groups beyond the first 32
+  /// (their in-op depth is not tracked).
+  kStopless,
 };
 
-/// "auto", "stop" or "batch".
+/// "auto", "stop", "batch" or "stopless".
 const char* switch_writer_name(SwitchWriter writer);
 
 struct SwitchOptions {
@@ -108,6 +120,10 @@ struct SwitchOptions {
   std::chrono::nanoseconds deadline = std::chrono::seconds(2);
   /// The pause after the first aborted attempt; it doubles after each one, up to 16 times this.
   std::chrono::nanoseconds first_backoff = std::chrono::microseconds(200);
+  /// kStopless: how long one attempt waits, after its fence, for vCPUs inside an op of the
+  /// switched groups to leave it, before it takes the fence back (vCPUs that reach a fenced site
+  /// meanwhile wait too, so keep it short).
+  std::chrono::nanoseconds in_op_deadline = std::chrono::milliseconds(2);
 };
 
 /// Why an attempt (or the switch) did not commit.
@@ -122,10 +138,13 @@ enum class SwitchAbort : std::uint8_t {
   kForeignWrite,  ///< a site changed between planning and the stop; nothing was written
   kStateRefused,  ///< a group's state cannot be converted (GroupState::can_convert names the
                   ///< object); the fence was taken back, nothing was converted
+  kInOpTimeout,   ///< kStopless: a vCPU was still inside an op of the groups at in_op_deadline
+                  ///< (or reached a fence from inside one); the fence was taken back
 };
-inline constexpr std::size_t kSwitchAbortCount = 7;
+inline constexpr std::size_t kSwitchAbortCount = 8;
 
-/// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write", "state_refused".
+/// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write", "state_refused",
+/// "in_op_timeout".
 const char* switch_abort_name(SwitchAbort reason);
 
 /// What a switch did.
@@ -144,7 +163,8 @@ struct SwitchOutcome {
   std::uint32_t aborts[kSwitchAbortCount] = {};
   SwitchWriter writer = SwitchWriter::kAuto;  ///< the writer used (never kAuto after planning)
   /// The last attempt's blackout: from the first IPI to the last vCPU released (stop-machine), or
-  /// from the first write to the last membarrier (batch).
+  /// from the first write to the last membarrier (batch, stopless). Under a stopless writer only
+  /// vCPUs that reach a fenced site wait, and for at most this long.
   std::chrono::nanoseconds blackout{0};
   /// The whole call, planning and retries included.
   std::chrono::nanoseconds elapsed{0};

@@ -8,14 +8,24 @@
 #include <chrono>
 #include <thread>
 
+#include "engine/switch_protocol.h"
 #include "guest/demo_ops.h"
 #include "guest/demo_workload.h"
 #include "repatch/engine.h"
+#include "sync/vcpu.h"
 
 namespace repatch {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// An executor that is no vCPU and finds nobody inside an op, as a late #BP executor would.
+class LateExecutor final : public engine::Executor {
+ public:
+  bool quiescent(engine::Transaction& attempt) noexcept override {
+    return attempt.vcpu_in_op() == sync::kMaxVcpus;
+  }
+};
 
 engine::Transaction* published_now() {
   return engine::with_published([](engine::Transaction* t) noexcept { return t; });
@@ -43,7 +53,8 @@ TEST(Transaction, LateExecutorNeverWritesAnOldAttemptOverANewOne) {
       saw_next.store(published_now() != n);
       // Give a primary that did not wait every chance to write its attempt first.
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      n->complete(false);
+      LateExecutor executor;
+      engine::run_switch_protocol(*n, executor);
       return 0;
     });
   });
