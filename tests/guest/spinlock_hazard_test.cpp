@@ -1,7 +1,7 @@
 // The lock-state hazards of switching the spinlock group live (DESIGN H6, H7), through the engine:
 // every test switches the group's sites with Engine::switch_groups while vCPUs hold and wait for
-// locks. ctest runs each test a second time with its handler switched off (tests/CMakeLists.txt),
-// and that run must fail.
+// locks, once with the stop-machine writer and once with the stopless one. ctest runs each test a
+// second time with its handler switched off (tests/CMakeLists.txt), and that run must fail.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -17,6 +17,7 @@
 #include "guest/spinlock.h"
 #include "repatch/engine.h"
 #include "tests/guest/spinlock_support.h"
+#include "tests/support/each_writer.h"
 
 namespace repatch::guest {
 namespace {
@@ -28,8 +29,15 @@ Engine* boot_with_state(const char* variant) {
   return engine;
 }
 
-void flip(Engine* engine, const char* variant) {
-  const SwitchOutcome outcome = engine->switch_groups({{"spinlock", variant}});
+// Each test runs under both writers that can switch a group with state.
+class EachWriter : public ::testing::TestWithParam<SwitchWriter> {};
+
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
+                         testing::writer_test_name);
+
+void flip(Engine* engine, const char* variant, SwitchWriter writer) {
+  const SwitchOutcome outcome =
+      engine->switch_groups({{"spinlock", variant}}, {.writer = writer});
   ASSERT_TRUE(outcome.committed()) << outcome.status.error().to_string();
   EXPECT_EQ(engine->current_variant("spinlock").value(), variant);
 }
@@ -58,7 +66,7 @@ void nmi_takes_a_lock(sync::VcpuId, void*) {
 // NMIs whose handler takes a lock of the group arrive on every vCPU:
 // held locks, spinning waiters and (in pv) sleeping ones are all converted, and nobody ever runs
 // one encoding's code on the other's word. Mutual exclusion and no lost update must hold.
-TEST(Hazard, LockStateConverted) {
+TEST_P(EachWriter, LockStateConverted) {
   Engine* engine = boot_with_state("native");
   ASSERT_NE(engine, nullptr);
   ASSERT_TRUE(hypervisor::install().ok());
@@ -111,7 +119,7 @@ TEST(Hazard, LockStateConverted) {
     });
     for (int i = 0; i < 2000 && !overlap.load(); ++i) {
       const char* variant = i % 2 == 0 ? "pv" : "native";
-      flip(engine, variant);
+      flip(engine, variant, GetParam());
       // After every commit each lock is in the encoding of the code its sites now hold.
       const int encoding = std::string(variant) == "pv" ? kPvVariant : kNativeVariant;
       for (const auto& g : guarded) {
@@ -152,7 +160,7 @@ TEST(Hazard, LockStateConverted) {
 
 // A pv waiter asleep in its futex when the group switches to native: native unlock never kicks,
 // so the switch itself must wake it, and it restarts on the native code.
-TEST(Hazard, SleepingWaitersNotStranded) {
+TEST_P(EachWriter, SleepingWaitersNotStranded) {
   Engine* engine = boot_with_state("pv");
   ASSERT_NE(engine, nullptr);
   SpinLock lock("sleepers");
@@ -163,7 +171,7 @@ TEST(Hazard, SleepingWaitersNotStranded) {
   VcpuThread w(waiter.body(lock));
   await([&] { return word::sleepers(lock.load_word()) == 1 && !sync::slot(w.id()).online.load(); },
         "the waiter sleeps in the futex, offline");
-  flip(engine, "native");
+  flip(engine, "native", GetParam());
   holder.release.store(true);
   // Without the wake the waiter sleeps for ever: await() fails the test after its patience.
   await([&] { return waiter.acquired.load(); }, "the woken waiter has the lock, on native code");
@@ -172,7 +180,7 @@ TEST(Hazard, SleepingWaitersNotStranded) {
 
 // A lock whose word is in no encoding (overwritten) refuses the switch with the lock named, and
 // nothing is written or converted.
-TEST(Hazard, CorruptLockRefused) {
+TEST_P(EachWriter, CorruptLockRefused) {
   Engine* engine = boot_with_state("native");
   ASSERT_NE(engine, nullptr);
   SpinLock healthy("healthy");
@@ -180,7 +188,8 @@ TEST(Hazard, CorruptLockRefused) {
   const std::uint64_t healthy_word = healthy.load_word();
   corrupt.word().store(0x00ff00ff00ff00ffu);  // no tag: nobody's encoding
   const EngineStatus before = engine->status();
-  const SwitchOutcome outcome = engine->switch_groups({{"spinlock", "pv"}});
+  const SwitchOutcome outcome =
+      engine->switch_groups({{"spinlock", "pv"}}, {.writer = GetParam()});
   ASSERT_FALSE(outcome.committed()) << "a switch went ahead over a corrupt lock";
   EXPECT_EQ(outcome.reason, SwitchAbort::kStateRefused);
   const std::string message = outcome.status.error().message();

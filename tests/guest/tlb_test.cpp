@@ -21,6 +21,7 @@
 #include "guest/tlb_group_state.h"
 #include "repatch/engine.h"
 #include "sync/vcpu.h"
+#include "tests/support/each_writer.h"
 #include "tests/support/eventually.h"
 
 namespace repatch::tlb {
@@ -312,7 +313,8 @@ TEST(Tlb, GroupStateRefusesACorruptMark) {
 // wait for it) carries a flush-on-resume mark across a switch from pv to native. With the group's
 // state registered the switch drains the mark; without it, the vCPU resumes under native (whose
 // resume hook knows nothing of marks) and translates with its old TLB.
-void resume_after_switch_to_native(bool register_state, bool expect_stale) {
+void resume_after_switch_to_native(bool register_state, bool expect_stale,
+                                   SwitchWriter writer = SwitchWriter::kAuto) {
   Engine* engine = setup("pv");
   ASSERT_NE(engine, nullptr);
   if (register_state) {
@@ -341,7 +343,7 @@ void resume_after_switch_to_native(bool register_state, bool expect_stale) {
   Shootdown report{};
   remap(6, 666, mask, &report);
   ASSERT_EQ(report.marked, 1u);
-  const SwitchOutcome outcome = engine->switch_groups({{"tlb", "native"}});
+  const SwitchOutcome outcome = engine->switch_groups({{"tlb", "native"}}, {.writer = writer});
   ASSERT_TRUE(outcome.committed()) << outcome.status.error().to_string();
   EXPECT_EQ(resume_mark(id.load()), register_state ? kNoMark : kFlushOnResume);
   hypervisor::resume(id.load());
@@ -358,10 +360,15 @@ TEST(Tlb, SwitchToNativeWithoutTheDrainResumesStale) {
   EXPECT_EQ(total_stale_reads(), 1u);
 }
 
-// H10 as a hazard test: ctest also runs it with REPATCH_TEST_DISABLE=tlb_drain, and that run must
-// fail (tests/CMakeLists.txt).
-TEST(Hazard, TlbFlushNotLostAcrossSwitch) {
-  resume_after_switch_to_native(/*register_state=*/true, /*expect_stale=*/false);
+// H10 as a hazard test, under both writers that can switch a group with state: ctest also runs it
+// with REPATCH_TEST_DISABLE=tlb_drain, and that run must fail (tests/CMakeLists.txt).
+class EachWriter : public ::testing::TestWithParam<SwitchWriter> {};
+
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
+                         testing::writer_test_name);
+
+TEST_P(EachWriter, TlbFlushNotLostAcrossSwitch) {
+  resume_after_switch_to_native(/*register_state=*/true, /*expect_stale=*/false, GetParam());
   EXPECT_EQ(total_stale_reads(), 0u);
 }
 

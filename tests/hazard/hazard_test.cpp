@@ -1,5 +1,7 @@
 // The hazards of a live switch (DESIGN H1-H5, H7, H8, H11), each made to happen for real at an
-// exact step of the protocol through an injection point (base/test_hooks.h).
+// exact step of the protocol through an injection point (base/test_hooks.h). The tests of the
+// EachWriter suite run once with the stop-machine writer and once with the stopless one; the
+// Hazard suite's are about one writer, named in the test.
 //
 // Every test here is also run by ctest with its handler switched off (REPATCH_TEST_DISABLE, see
 // tests/CMakeLists.txt), and that run must fail: by a broken expectation, a crash, or the
@@ -22,6 +24,7 @@
 #include "sync/stop_machine.h"
 #include "sync/vcpu.h"
 #include "tests/hazard/hazard_guest.h"
+#include "tests/support/each_writer.h"
 #include "tests/support/wx_filter.h"
 
 namespace repatch {
@@ -60,7 +63,7 @@ class Hazard : public ::testing::Test {
   void SetUp() override {
     if (Engine::get() != nullptr) GTEST_SKIP() << "run each hazard test in a process of its own";
     const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    if (name == "NoRwxEver") {
+    if (name.starts_with("NoRwxEver")) {
       ASSERT_EQ(testing::refuse_writable_and_executable_requests(), "");
     }
     Result<Engine*> engine =
@@ -98,7 +101,9 @@ class Hazard : public ::testing::Test {
     ASSERT_TRUE(spin_until([&] { return started_.load() >= n; }, 10s));
   }
 
+  // Switches with the fixture's writer unless `options` names one.
   SwitchOutcome flip(const char* group, const char* variant, SwitchOptions options = {}) {
+    if (options.writer == SwitchWriter::kAuto) options.writer = writer_;
     SwitchOutcome outcome = engine_->switch_groups({{group, variant}}, options);
     EXPECT_TRUE(outcome.committed())
         << group << " to " << variant << ": "
@@ -106,6 +111,9 @@ class Hazard : public ::testing::Test {
     return outcome;
   }
 
+  bool stopless() const { return writer_ == SwitchWriter::kStopless; }
+
+  SwitchWriter writer_ = SwitchWriter::kAuto;
   Engine* engine_ = nullptr;
   std::unique_ptr<sync::Vcpu> self_;
   std::atomic<bool> stop_{false};
@@ -114,10 +122,27 @@ class Hazard : public ::testing::Test {
   std::vector<std::thread> threads_;
 };
 
+// The same hazard under each writer that can switch a group which is not interchangeable.
+class EachWriter : public Hazard, public ::testing::WithParamInterface<SwitchWriter> {
+ protected:
+  void SetUp() override {
+    writer_ = GetParam();
+    Hazard::SetUp();
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
+                         testing::writer_test_name);
+
 // ---- H1: no vCPU ever runs a mix of variants of one group --------------------------------------
 
 std::atomic<std::uint64_t> g_pairs{0};
 std::atomic<std::uint64_t> g_mixed{0};
+// Holds, numbered from 1: while hold n is requested and not released, a pair that has run its
+// first op waits before its second, and says so in g_hold_caught.
+std::atomic<std::uint64_t> g_hold_requested{0};
+std::atomic<std::uint64_t> g_hold_released{0};
+std::atomic<std::uint64_t> g_hold_caught{0};
 
 // Runs the two ops of hz_pair as one unit (the way lock and unlock go together) and counts the
 // times they disagreed.
@@ -125,21 +150,41 @@ void run_pair(std::chrono::nanoseconds between) {
   const OpInFlight in_op(repatch_group_hz_pair);
   const std::uint32_t a = hazard::first();
   spin_for(between);
+  if (const std::uint64_t hold = g_hold_requested.load(); hold > g_hold_released.load()) {
+    g_hold_caught.store(hold);
+    spin_until([hold] { return g_hold_released.load() >= hold; }, 50ms);
+  }
   const std::uint32_t b = hazard::second();
   g_pairs.fetch_add(1, std::memory_order_relaxed);
   if (a != b) g_mixed.fetch_add(1, std::memory_order_relaxed);
 }
 
-// The primary holds the fence until the vCPUs have run a few pairs, or 5 ms have passed (when
-// they are stopped, as they should be), so that under a writer that does not stop them, pairs
-// that began before the fence end after it however loaded the machine is.
-void hold_at_fence(test::Point point, std::uint32_t, void*) noexcept {
-  if (point != test::Point::kFenced) return;
-  const std::uint64_t before = g_pairs.load();
-  spin_until([&] { return g_pairs.load() >= before + 4; }, 5ms);
-}
+// Makes pairs run across the fence, however loaded the machine is. Under stop-machine, the
+// primary holds the fence until the vCPUs have run a few pairs, or 5 ms have passed (when they are
+// stopped, as they should be). The stopless writer stops nobody, and a pair that reaches a fenced
+// site from inside its op takes the fence back: so in the first attempt of each switch only, the
+// primary waits before its fence for a pair to be between its two ops and keeps it there until
+// the fence is up. That pair must take the attempt back, and a later attempt commits.
+struct HoldAtFence {
+  bool stopless;
+  std::atomic<bool> armed{false};  // set before each switch; its first attempt disarms it
 
-TEST_F(Hazard, HalfSwitchNeverObserved) {
+  static void at(test::Point point, std::uint32_t, void* arg) noexcept {
+    auto* hold = static_cast<HoldAtFence*>(arg);
+    if (!hold->stopless) {
+      if (point != test::Point::kFenced) return;
+      const std::uint64_t before = g_pairs.load();
+      spin_until([&] { return g_pairs.load() >= before + 4; }, 5ms);
+    } else if (point == test::Point::kStopped && hold->armed.exchange(false)) {
+      const std::uint64_t hold_now = g_hold_requested.fetch_add(1) + 1;
+      spin_until([hold_now] { return g_hold_caught.load() == hold_now; }, 5ms);
+    } else if (point == test::Point::kFenced) {
+      g_hold_released.store(g_hold_requested.load());
+    }
+  }
+};
+
+TEST_P(EachWriter, HalfSwitchNeverObserved) {
   const Watchdog watchdog(60);
   for (int i = 0; i < 2; ++i) {
     start_vcpu([this](sync::Vcpu& vcpu) {
@@ -151,10 +196,14 @@ TEST_F(Hazard, HalfSwitchNeverObserved) {
     });
   }
   wait_started(2);
-  test::set_injection(&hold_at_fence, nullptr);
+  HoldAtFence hold{.stopless = stopless()};
+  test::set_injection(&HoldAtFence::at, &hold);
   std::uint32_t attempts = 0;
   for (int i = 0; i < 100; ++i) {
-    const SwitchOutcome outcome = flip("hz_pair", i % 2 == 0 ? "b" : "a");
+    hold.armed.store(true);
+    // The vCPUs are inside a pair a third of the time: a stopless attempt often meets one.
+    const SwitchOutcome outcome =
+        flip("hz_pair", i % 2 == 0 ? "b" : "a", {.deadline = 20s, .first_backoff = 50us});
     attempts += outcome.attempts;
     // After every commit the group is wholly in one variant.
     ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
@@ -254,7 +303,7 @@ void send_nmi_at(test::Point point, std::uint32_t sites_done, void* arg) noexcep
   }
 }
 
-TEST_F(Hazard, NmiOnPrimaryMidWrite_Completes) {
+TEST_P(EachWriter, NmiOnPrimaryMidWrite_Completes) {
   const Watchdog watchdog(20);
   sync::set_nmi_handler(&nmi_runs_pair);
   start_vcpu([this](sync::Vcpu& vcpu) {
@@ -312,7 +361,7 @@ void nmi_everyone_at_fence(test::Point point, std::uint32_t, void*) noexcept {
   }
 }
 
-TEST_F(Hazard, NmiStormDuringSwitch) {
+TEST_P(EachWriter, NmiStormDuringSwitch) {
   const Watchdog watchdog(60);
   sync::set_nmi_handler(&nmi_runs_ops);
   for (int i = 0; i < 3; ++i) {
@@ -339,7 +388,7 @@ TEST_F(Hazard, NmiStormDuringSwitch) {
   for (int i = 0; i < 60; ++i) {
     // Both groups in turn, each to its other variant.
     const SwitchOutcome outcome = flip(i % 2 == 0 ? "hz_pair" : "hz_alt", i % 4 < 2 ? "b" : "a",
-                                       {.writer = SwitchWriter::kStopMachine});
+                                       {.deadline = 20s, .first_backoff = 50us});
     nmi_completions += outcome.nmi_completions;
     ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
   }
@@ -361,7 +410,7 @@ void wait_for_unstopped_reader(test::Point point, std::uint32_t, void*) noexcept
   spin_until([&] { return g_unstopped_reads.load() >= before + 2; }, 50ms);
 }
 
-TEST_F(Hazard, Int3OnUnstoppedCpu_CompletesForward) {
+TEST_P(EachWriter, Int3OnUnstoppedCpu_CompletesForward) {
   const Watchdog watchdog(60);
   // Not a vCPU: stop-machine does not know it, so it runs on through every switch.
   threads_.emplace_back([this] {
@@ -390,7 +439,7 @@ void nmi_runs_wide(sync::VcpuId, void*) {
   g_nmi_wide_value.store(hazard::wide(), std::memory_order_relaxed);
 }
 
-TEST_F(Hazard, NeverResumesMidSite) {
+TEST_P(EachWriter, NeverResumesMidSite) {
   const Watchdog watchdog(20);
   sync::set_nmi_handler(&nmi_runs_wide);
   ASSERT_EQ(hazard::wide(), 2u);
@@ -408,8 +457,12 @@ TEST_F(Hazard, NeverResumesMidSite) {
 }
 
 // ---- H8: a vCPU that comes online during a switch waits for it --------------------------------
+//
+// Under stop-machine it waits at the online gate for the stop to end. The stopless writer stops
+// nobody, so it has no gate: the vCPU runs on at once, and its first fenced site makes it one more
+// #BP executor (H5), which must leave it on the new variant whole.
 
-TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
+TEST_P(EachWriter, OfflineVcpuOnlineMidSwitch) {
   const Watchdog watchdog(20);
   struct Late {
     std::atomic<bool> offline{false};
@@ -452,10 +505,106 @@ TEST_F(Hazard, OfflineVcpuOnlineMidSwitch) {
   EXPECT_EQ(late.first.load(), 2u);
 }
 
+// ---- The stopless writer's own cases of H7 and H3, and the vCPUs it needs nothing from --------
+
+// H7: a vCPU inside an op of the group when the fence lands delays the switch; past the in-op
+// deadline the fence is taken back with nothing changed, and a later attempt commits once the op
+// has left. The op runs whole in the variant it began in.
+TEST_F(Hazard, Stopless_OpInFlight_DelaysThenCommits) {
+  const Watchdog watchdog(30);
+  std::atomic<int> fences{0};
+  std::atomic<bool> inside{false};
+  std::atomic<std::uint32_t> seen_first{0}, seen_second{0};
+  start_vcpu([&](sync::Vcpu& vcpu) {
+    {
+      const OpInFlight in_op(repatch_group_hz_pair);
+      seen_first.store(hazard::first());
+      inside.store(true);
+      // Inside the op until a second attempt has fenced (the first gave up on it, as it should).
+      spin_until([&] { return fences.load() >= 2; }, 10s);
+      seen_second.store(hazard::second());
+    }
+    while (!stop_.load())
+      vcpu.quiescent_state();
+  });
+  ASSERT_TRUE(spin_until([&] { return inside.load(); }, 10s));
+  struct Count {
+    static void at(test::Point point, std::uint32_t, void* arg) noexcept {
+      if (point == test::Point::kFenced) static_cast<std::atomic<int>*>(arg)->fetch_add(1);
+    }
+  };
+  test::set_injection(&Count::at, &fences);
+  const SwitchOutcome outcome =
+      flip("hz_pair", "b",
+           {.writer = SwitchWriter::kStopless, .deadline = 5s, .first_backoff = 1ms,
+            .in_op_deadline = 2ms});
+  EXPECT_GE(outcome.attempts, 2u) << "the first attempt should have waited for the op, then gone";
+  EXPECT_GE(outcome.aborts[static_cast<int>(SwitchAbort::kInOpTimeout)], 1u);
+  ASSERT_TRUE(spin_until([&] { return seen_second.load() != 0; }, 10s));
+  EXPECT_EQ(seen_first.load(), seen_second.load())
+      << "the op in flight began in one variant and went on in the other";
+  EXPECT_EQ(hazard::first(), 2u);
+}
+
+// H3 for the stopless writer: a vCPU that never leaves its op (a lost wake-up, a guest bug) must
+// not hold the switch for ever. Every attempt gives up at its in-op deadline; the switch gives up
+// at its own deadline, with every site as it was.
+TEST_F(Hazard, Stopless_VcpuNeverLeavesOp_AbortsCleanly) {
+  const Watchdog watchdog(20);
+  start_vcpu([this](sync::Vcpu&) {
+    const OpInFlight in_op(repatch_group_hz_pair);
+    while (!stop_.load())
+      spin_for(1ms);
+  });
+  wait_started(1);
+  const std::vector<std::uint8_t> before = engine_->status().sites.front().bytes;
+  const auto start = Clock::now();
+  const SwitchOutcome outcome = engine_->switch_groups(
+      {{"hz_pair", "b"}}, {.writer = SwitchWriter::kStopless,
+                           .deadline = 300ms,
+                           .first_backoff = 1ms,
+                           .in_op_deadline = 2ms});
+  const auto took = Clock::now() - start;
+  ASSERT_FALSE(outcome.committed());
+  EXPECT_EQ(outcome.reason, SwitchAbort::kInOpTimeout);
+  EXPECT_GE(outcome.attempts, 2u);
+  EXPECT_EQ(outcome.aborts[static_cast<int>(SwitchAbort::kInOpTimeout)], outcome.attempts);
+  EXPECT_NE(outcome.status.error().message().find("still inside an op"), std::string::npos)
+      << outcome.status.error().message();
+  EXPECT_LT(took, 5s) << "the switch did not give up near its deadline";
+  EXPECT_EQ(engine_->current_variant("hz_pair").value(), "a");
+  EXPECT_TRUE(engine_->verify_sites().ok());
+  EXPECT_EQ(engine_->status().sites.front().bytes, before);
+  EXPECT_EQ(hazard::first(), 1u);
+  EXPECT_EQ(hazard::second(), 1u);
+}
+
+// What the stopless writer is for: a vCPU that runs no op of the group needs nothing from anyone.
+// One whose IPIs are blocked for the whole switch (under stop-machine, H3's abort) is neither sent
+// one nor waited for, and the switch commits at its first attempt.
+TEST_F(Hazard, Stopless_VcpuWithIpisBlockedIsNotWaitedFor) {
+  const Watchdog watchdog(20);
+  std::atomic<sync::VcpuId> blocked{sync::kMaxVcpus};
+  start_vcpu([&](sync::Vcpu& vcpu) {
+    const sync::IrqOffGuard irqs_off;
+    blocked.store(vcpu.id());
+    while (!stop_.load())
+      spin_for(1ms);
+  });
+  wait_started(1);
+  ASSERT_TRUE(spin_until([&] { return blocked.load() != sync::kMaxVcpus; }, 10s));
+  const SwitchOutcome outcome = flip("hz_pair", "b", {.writer = SwitchWriter::kStopless});
+  EXPECT_EQ(outcome.writer, SwitchWriter::kStopless);
+  EXPECT_EQ(outcome.attempts, 1u);
+  EXPECT_FALSE(sync::slot(blocked.load()).ipi_pending.load()) << "the blocked vCPU was sent an IPI";
+  EXPECT_EQ(hazard::first(), 2u);
+  EXPECT_EQ(hazard::second(), 2u);
+}
+
 // ---- H11: no mapping is ever writable and executable while switching --------------------------
 
 // The fixture installs the seccomp filter of tests/support/wx_filter.h before it boots.
-TEST_F(Hazard, NoRwxEver) {
+TEST_P(EachWriter, NoRwxEver) {
   const Watchdog watchdog(60);
   start_vcpu([this](sync::Vcpu& vcpu) {
     while (!stop_.load(std::memory_order_relaxed)) {
@@ -467,8 +616,8 @@ TEST_F(Hazard, NoRwxEver) {
   wait_started(1);
   for (int i = 0; i < 20; ++i) {
     const char* to = i % 2 == 0 ? "b" : "a";
-    EXPECT_EQ(flip("hz_pair", to).writer, SwitchWriter::kStopMachine);
-    EXPECT_EQ(flip("hz_alt", to).writer, SwitchWriter::kBatch);
+    EXPECT_EQ(flip("hz_pair", to).writer, writer_);
+    EXPECT_EQ(flip("hz_alt", to, {.writer = SwitchWriter::kBatch}).writer, SwitchWriter::kBatch);
     ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
   }
   EXPECT_EQ(testing::g_wx_attempts.load(), 0)
