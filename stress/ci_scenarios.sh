@@ -55,6 +55,11 @@ pass "nmi storm" --duration 3 --groups demo_lock,spinlock --nmi-rate 20000
 pass "batch" --duration 3 --groups demo_clock --switch-rate 1000
 # Oversubscribed: more vCPUs than cores, preempted often (H3, H9).
 pass "oversubscribed" --duration 3 --vcpus 8 --preempt-rate 500
+# The stopless writer on the groups with state and the pairing demo lock: the INT3 fence with
+# nobody stopped, quiescence from the in-op marks (lock slow paths, shootdowns waiting for their
+# targets), lock state converted while other vCPUs run, NMIs and preempted holders.
+pass "stopless" --duration 3 --writer stopless --groups spinlock,tlb,demo_lock --nmi-rate 5000 \
+  --preempt-rate 300
 # The trigger policy over the simulated hypervisor's steal time, with late microcode loads
 # switching the feature-keyed groups under load.
 pass "triggers and microcode" --duration 3 --trigger simulated --microcode-every 0.5
@@ -63,6 +68,12 @@ pass "triggers and microcode" --duration 3 --trigger simulated --microcode-every
 # after it) and its waiters are stranded (stuck): whichever the run meets first.
 caught lock_convert 'stuck|state_encoding' --duration 3 --groups spinlock --watchdog 2
 caught tlb_drain state_encoding --duration 3 --groups tlb,spinlock --preempt-rate 1000
+# Every writer converts the groups' state in the same protocol step, so the stopless writer must be
+# caught the same way without either converter.
+caught lock_convert 'stuck|state_encoding' --duration 3 --groups spinlock --watchdog 2 \
+  --writer stopless
+caught tlb_drain state_encoding --duration 3 --groups tlb,spinlock --preempt-rate 1000 \
+  --writer stopless
 
 if [ "$failures" -ne 0 ]; then
   echo "stress: $failures scenario(s) failed"

@@ -34,25 +34,79 @@ unsigned long long ull(std::uint64_t n) {
   return static_cast<unsigned long long>(n);
 }
 
+// "refused 0, ack_timeout 2, ...": every reason but kNone, in SwitchAbort's order.
+std::string by_reason(const std::uint64_t (&counts)[kSwitchAbortCount]) {
+  std::string out;
+  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
+    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
+    out += format("%s%s %llu", out.empty() ? "" : ", ",
+                  switch_abort_name(static_cast<SwitchAbort>(i)), ull(counts[i]));
+  }
+  return out;
+}
+
+// Every reason but kNone as JSON members, in SwitchAbort's order.
+void reasons_json(tools::JsonWriter& j, const std::uint64_t (&counts)[kSwitchAbortCount]) {
+  j.begin_object();
+  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
+    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
+    j.key(switch_abort_name(static_cast<SwitchAbort>(i))).value(counts[i]);
+  }
+  j.end_object();
+}
+
+const char* writer_label(SwitchWriter writer) {
+  switch (writer) {
+    case SwitchWriter::kStopMachine:
+      return "stop-machine";
+    case SwitchWriter::kBatch:
+      return "batch";
+    case SwitchWriter::kStopless:
+      return "stopless";
+    case SwitchWriter::kAuto:
+      return "refused before a writer was chosen";
+  }
+  return "?";
+}
+
 }  // namespace
 
 int Report::exit_status() const {
   return violations != 0 || stuck || unfinished || !error.empty() ? 1 : 0;
 }
 
-void summarise_blackouts(Report& report) {
-  std::vector<std::uint64_t> sorted = report.switches.blackouts_ns;
-  if (sorted.empty()) return;
+namespace {
+
+// Nearest rank: the smallest value with at least p of the samples at or below it.
+Report::Blackouts blackout_figures(std::vector<std::uint64_t> sorted) {
+  if (sorted.empty()) return {};
   std::sort(sorted.begin(), sorted.end());
-  // Nearest rank: the smallest value with at least p of the samples at or below it.
   auto rank = [&](double p) {
     const auto n = static_cast<double>(sorted.size());
     const auto index = static_cast<std::size_t>(std::max(1.0, std::ceil(p * n))) - 1;
     return sorted[std::min(index, sorted.size() - 1)];
   };
-  report.blackout_p50_ns = rank(0.50);
-  report.blackout_p99_ns = rank(0.99);
-  report.blackout_max_ns = sorted.back();
+  return {.p50_ns = rank(0.50), .p99_ns = rank(0.99), .max_ns = sorted.back()};
+}
+
+// The writers a report lists, in this order: the ones a run can use, then kAuto, which only
+// requests refused before the engine chose a writer are counted under.
+constexpr SwitchWriter kReportedWriters[] = {SwitchWriter::kStopMachine, SwitchWriter::kBatch,
+                                             SwitchWriter::kStopless, SwitchWriter::kAuto};
+
+const WriterTotals& writer_totals(const SwitchTotals& totals, SwitchWriter writer) {
+  return totals.by_writer[static_cast<std::size_t>(writer)];
+}
+
+}  // namespace
+
+void summarise_blackouts(Report& report) {
+  const Report::Blackouts all = blackout_figures(report.switches.blackouts_ns);
+  report.blackout_p50_ns = all.p50_ns;
+  report.blackout_p99_ns = all.p99_ns;
+  report.blackout_max_ns = all.max_ns;
+  for (std::size_t w = 0; w < kSwitchWriterCount; ++w)
+    report.writer_blackouts[w] = blackout_figures(report.switches.by_writer[w].blackouts_ns);
 }
 
 std::string render_summary(const Report& r) {
@@ -80,32 +134,45 @@ std::string render_text(const Report& r) {
                                     ? format("microcode update every %g s", s.microcode_every_s)
                                     : std::string("no microcode updates");
   out += format(
-      "scenario: %d vCPUs, %.1f s, %s, NMI rate %g/s, preempt rate %g/s, %d locks, %s, "
-      "seed %llu\n",
-      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(), s.nmi_rate,
-      s.preempt_rate, s.locks, microcode.c_str(), ull(s.seed));
+      "scenario: %d vCPUs, %.1f s, %s, writer %s, NMI rate %g/s, preempt rate %g/s, %d locks, "
+      "%s, seed %llu\n",
+      s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(),
+      switch_writer_name(s.writer), s.nmi_rate, s.preempt_rate, s.locks, microcode.c_str(),
+      ull(s.seed));
   out += "groups switched: " + joined(r.groups) + "\n";
   out += format("elapsed: %.2f s\n", r.elapsed_s);
   out += "\n";
   const SwitchTotals& w = r.switches;
   out += format(
-      "switches: %llu requested, %llu committed (%llu stop-machine, %llu batch), "
+      "switches: %llu requested, %llu committed (%llu stop-machine, %llu batch, %llu stopless), "
       "%llu not committed\n",
-      ull(w.requested), ull(w.committed), ull(w.stop_machine), ull(w.batch),
+      ull(w.requested), ull(w.committed), ull(w.stop_machine), ull(w.batch), ull(w.stopless),
       ull(w.requested - w.committed));
-  std::string failed;
-  std::string aborted;
-  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
-    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
-    const char* name = switch_abort_name(static_cast<SwitchAbort>(i));
-    failed += format("%s%s %llu", failed.empty() ? "" : ", ", name, ull(w.failed[i]));
-    aborted += format("%s%s %llu", aborted.empty() ? "" : ", ", name, ull(w.aborted_attempts[i]));
-  }
-  out += "  not committed, by reason: " + failed + "\n";
-  out += "  attempts aborted, by reason: " + aborted + "\n";
+  out += "  not committed, by reason: " + by_reason(w.failed) + "\n";
+  out += "  attempts aborted, by reason: " + by_reason(w.aborted_attempts) + "\n";
   if (!w.first_failure.empty()) out += "  first not committed: " + w.first_failure + "\n";
   out += "  blackout: p50 " + us(r.blackout_p50_ns) + ", p99 " + us(r.blackout_p99_ns) + ", max " +
          us(r.blackout_max_ns) + "\n";
+  out += format(
+      "  by writer (--writer %s for requests naming a group that is not interchangeable, "
+      "batch for the others):\n",
+      switch_writer_name(s.writer));
+  for (const SwitchWriter writer : kReportedWriters) {
+    const WriterTotals& t = writer_totals(w, writer);
+    // kAuto only ever holds refusals, so it is listed only when there were some.
+    if (t.requested == 0 && writer == SwitchWriter::kAuto) continue;
+    const Report::Blackouts& b = r.writer_blackouts[static_cast<std::size_t>(writer)];
+    out += format("    %s: %llu requested, %llu committed, %llu not committed", writer_label(writer),
+                  ull(t.requested), ull(t.committed), ull(t.requested - t.committed));
+    if (t.requested == 0) {
+      out += "\n";
+      continue;
+    }
+    out += "; blackout p50 " + us(b.p50_ns) + ", p99 " + us(b.p99_ns) + ", max " + us(b.max_ns) +
+           "\n";
+    out += "      not committed, by reason: " + by_reason(t.failed) + "\n";
+    out += "      attempts aborted, by reason: " + by_reason(t.aborted_attempts) + "\n";
+  }
   out += format("  sites rewritten: %llu\n", ull(w.sites));
   out += format("  INT3 completions: %llu, NMI completions: %llu\n", ull(w.int3_completions),
                 ull(w.nmi_completions));
@@ -196,6 +263,7 @@ std::string render_json(const Report& r) {
   j.key("locks").value(static_cast<std::uint64_t>(s.locks));
   j.key("trigger").value(trigger_name(s.trigger));
   if (s.trigger == Trigger::kReplay) j.key("replay_file").value(s.replay_file);
+  j.key("writer").value(switch_writer_name(s.writer));
   j.key("microcode_every_s").value(s.microcode_every_s);
   j.key("seed").value(s.seed);
   j.key("watchdog_s").value(static_cast<double>(s.watchdog.count()) / 1000.0);
@@ -212,23 +280,38 @@ std::string render_json(const Report& r) {
   j.key("committed").value(w.committed);
   j.key("stop_machine").value(w.stop_machine);
   j.key("batch").value(w.batch);
-  j.key("not_committed").begin_object();
-  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
-    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
-    j.key(switch_abort_name(static_cast<SwitchAbort>(i))).value(w.failed[i]);
-  }
-  j.end_object();
-  j.key("aborted_attempts").begin_object();
-  for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
-    if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
-    j.key(switch_abort_name(static_cast<SwitchAbort>(i))).value(w.aborted_attempts[i]);
-  }
-  j.end_object();
+  j.key("stopless").value(w.stopless);
+  j.key("not_committed");
+  reasons_json(j, w.failed);
+  j.key("aborted_attempts");
+  reasons_json(j, w.aborted_attempts);
   j.key("first_not_committed").value(w.first_failure);
   j.key("blackout_ns").begin_object();
   j.key("p50").value(r.blackout_p50_ns);
   j.key("p99").value(r.blackout_p99_ns);
   j.key("max").value(r.blackout_max_ns);
+  j.end_object();
+  // Keyed by switch_writer_name: "stop", "batch", "stopless" always, "auto" (refusals before a
+  // writer was chosen) only when there were some.
+  j.key("by_writer").begin_object();
+  for (const SwitchWriter writer : kReportedWriters) {
+    const WriterTotals& t = writer_totals(w, writer);
+    if (t.requested == 0 && writer == SwitchWriter::kAuto) continue;
+    const Report::Blackouts& b = r.writer_blackouts[static_cast<std::size_t>(writer)];
+    j.key(switch_writer_name(writer)).begin_object();
+    j.key("requested").value(t.requested);
+    j.key("committed").value(t.committed);
+    j.key("not_committed");
+    reasons_json(j, t.failed);
+    j.key("aborted_attempts");
+    reasons_json(j, t.aborted_attempts);
+    j.key("blackout_ns").begin_object();
+    j.key("p50").value(b.p50_ns);
+    j.key("p99").value(b.p99_ns);
+    j.key("max").value(b.max_ns);
+    j.end_object();
+    j.end_object();
+  }
   j.end_object();
   j.key("sites_rewritten").value(w.sites);
   j.key("int3_completions").value(w.int3_completions);

@@ -27,6 +27,14 @@ struct Report {
   std::uint64_t blackout_p50_ns = 0;
   std::uint64_t blackout_p99_ns = 0;
   std::uint64_t blackout_max_ns = 0;
+  /// The same three figures writer by writer (index: SwitchWriter), from
+  /// `switches.by_writer[w].blackouts_ns`.
+  struct Blackouts {
+    std::uint64_t p50_ns = 0;
+    std::uint64_t p99_ns = 0;
+    std::uint64_t max_ns = 0;
+  };
+  Blackouts writer_blackouts[kSwitchWriterCount];
   // Injected events.
   std::uint64_t nmis_injected = 0;         ///< sent by the NMI injector
   std::uint64_t nmis_injected_failed = 0;  ///< sends that failed
@@ -69,7 +77,8 @@ struct Report {
   int exit_status() const;
 };
 
-/// Fills blackout_p50_ns, _p99_ns and _max_ns from `switches.blackouts_ns` (nearest rank).
+/// Fills blackout_p50_ns, _p99_ns and _max_ns from `switches.blackouts_ns`, and
+/// writer_blackouts from each writer's (nearest rank).
 void summarise_blackouts(Report& report);
 
 /// The report as text, several lines, each ending in '\n'.

@@ -120,6 +120,11 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
     report.groups.push_back(g.name);
   for (const std::string& g : microcode_groups)
     report.groups.push_back(g);
+  // --writer applies to requests that name a group which is not interchangeable.
+  std::vector<std::string> interchangeable;
+  for (const GroupStatus& g : engine->status().groups) {
+    if (g.interchangeable) interchangeable.push_back(g.name);
+  }
   // Heap-allocated so that, when threads are stuck, what they use can be left alive (released)
   // rather than destroyed under them.
   if (Status s = install_crash_report(); !s.ok()) {
@@ -171,7 +176,8 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   const bool switching = decider != nullptr;
   auto switcher = std::make_unique<Switcher>(
       engine, std::move(decider),
-      [&invariants](const SwitchRequest& request) { invariants.after_commit(request); });
+      [&invariants](const SwitchRequest& request) { invariants.after_commit(request); },
+      scenario.writer, std::move(interchangeable));
   if (switching) switcher->start();
   std::unique_ptr<MicrocodeInjector> microcode;
   if (scenario.microcode_every_s > 0) {

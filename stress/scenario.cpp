@@ -71,6 +71,13 @@ Status validate(const Scenario& s) {
                  std::string("--groups applies to --trigger manual only; --trigger ") +
                      trigger_name(s.trigger) + " switches spinlock and tlb");
   }
+  if (s.writer != SwitchWriter::kAuto && s.writer != SwitchWriter::kStopMachine &&
+      s.writer != SwitchWriter::kStopless) {
+    return Error(ErrorCode::kInvalidArgument,
+                 std::string("--writer ") + switch_writer_name(s.writer) +
+                     " is not one of auto, stop, stopless (the batch writer cannot switch groups "
+                     "that are not interchangeable)");
+  }
   if (s.trigger == Trigger::kReplay && s.replay_file.empty()) {
     return Error(ErrorCode::kInvalidArgument, "--trigger replay needs a file: replay:FILE");
   }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "repatch/engine.h"
 #include "repatch/error.h"
 
 namespace repatch::stress {
@@ -45,6 +46,11 @@ struct Scenario {
   int locks = 64;             ///< SpinLocks guarding shared counters
   Trigger trigger = Trigger::kManual;
   std::string replay_file;  ///< the trace of kReplay
+  /// The writer of every decided request that names a group which is not interchangeable
+  /// (spinlock, tlb, demo_lock): kAuto (the engine's choice), kStopMachine or kStopless. Requests
+  /// of interchangeable groups only take kAuto, which is the batch writer for them; the microcode
+  /// watcher's switches keep the writers it asks for.
+  SwitchWriter writer = SwitchWriter::kAuto;
   /// Seconds between two simulated microcode updates (0: none). See stress/microcode_injector.h.
   double microcode_every_s = 0;
   std::uint64_t seed = 1;

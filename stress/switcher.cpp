@@ -16,8 +16,13 @@ std::int64_t now_ns() {
 }  // namespace
 
 Switcher::Switcher(Engine* engine, std::unique_ptr<SwitchDecider> decider,
-                   std::function<void(const SwitchRequest&)> after_commit)
-    : engine_(engine), decider_(std::move(decider)), after_commit_(std::move(after_commit)) {}
+                   std::function<void(const SwitchRequest&)> after_commit, SwitchWriter writer,
+                   std::vector<std::string> interchangeable)
+    : engine_(engine),
+      decider_(std::move(decider)),
+      after_commit_(std::move(after_commit)),
+      writer_(writer),
+      interchangeable_(std::move(interchangeable)) {}
 
 Switcher::~Switcher() {
   stop_.store(true, std::memory_order_relaxed);
@@ -46,6 +51,15 @@ SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
   return switch_and_account(SwitchRequest{choices}, options);
 }
 
+SwitchOptions Switcher::options_for(const SwitchRequest& request) const {
+  const bool only_interchangeable =
+      std::all_of(request.choices.begin(), request.choices.end(), [this](const GroupChoice& c) {
+        return std::find(interchangeable_.begin(), interchangeable_.end(), c.group) !=
+               interchangeable_.end();
+      });
+  return {.writer = only_interchangeable ? SwitchWriter::kAuto : writer_};
+}
+
 SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
                                            const SwitchOptions& options) {
   // Relaxed: the watchdog reads these as hints for its report, nothing else depends on them.
@@ -55,9 +69,15 @@ SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
   in_switch_since_.store(0, std::memory_order_relaxed);
   in_switch_tid_.store(0, std::memory_order_relaxed);
   ++totals_.requested;
+  // A request refused before the engine chose a writer still says kAuto.
+  const SwitchWriter used = outcome.writer != SwitchWriter::kAuto ? outcome.writer : options.writer;
+  WriterTotals& by_writer = totals_.by_writer[std::min<std::size_t>(
+      static_cast<std::size_t>(used), kSwitchWriterCount - 1)];
+  ++by_writer.requested;
   std::uint64_t aborts = 0;
   for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {
     totals_.aborted_attempts[r] += outcome.aborts[r];
+    by_writer.aborted_attempts[r] += outcome.aborts[r];
     aborts += outcome.aborts[r];
   }
   aborted_.fetch_add(aborts, std::memory_order_relaxed);
@@ -67,14 +87,25 @@ SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
     ++totals_.committed;
     committed_.fetch_add(1, std::memory_order_relaxed);
     totals_.sites += outcome.sites;
-    totals_.blackouts_ns.push_back(static_cast<std::uint64_t>(outcome.blackout.count()));
-    if (outcome.writer == SwitchWriter::kBatch) {
-      ++totals_.batch;
-    } else {
-      ++totals_.stop_machine;
+    const auto blackout_ns = static_cast<std::uint64_t>(outcome.blackout.count());
+    totals_.blackouts_ns.push_back(blackout_ns);
+    ++by_writer.committed;
+    by_writer.blackouts_ns.push_back(blackout_ns);
+    switch (outcome.writer) {
+      case SwitchWriter::kBatch:
+        ++totals_.batch;
+        break;
+      case SwitchWriter::kStopless:
+        ++totals_.stopless;
+        break;
+      case SwitchWriter::kAuto:  // never after a commit: the engine names the writer it used
+      case SwitchWriter::kStopMachine:
+        ++totals_.stop_machine;
+        break;
     }
   } else {
     ++totals_.failed[static_cast<std::size_t>(outcome.reason)];
+    ++by_writer.failed[static_cast<std::size_t>(outcome.reason)];
     if (totals_.first_failure.empty()) {
       totals_.first_failure = outcome.status.error().to_string();
     }
@@ -95,7 +126,7 @@ void Switcher::run() {
       continue;
     }
     std::lock_guard<std::mutex> hold(switch_mutex_);
-    const SwitchOutcome outcome = switch_and_account(*request, {});
+    const SwitchOutcome outcome = switch_and_account(*request, options_for(*request));
     decider_->observe({DeciderEvent::Kind::kSwitchDone, &*request, &outcome});
   }
   // Release pairs with stop_within's acquire: the totals are complete.

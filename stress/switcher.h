@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,6 +21,26 @@
 #include "stress/switch_decider.h"
 
 namespace repatch::stress {
+
+/// The values of SwitchWriter (kAuto, kStopMachine, kBatch, kStopless): the index of
+/// SwitchTotals::by_writer.
+inline constexpr std::size_t kSwitchWriterCount = 4;
+static_assert(static_cast<std::size_t>(SwitchWriter::kStopless) + 1 == kSwitchWriterCount,
+              "a new SwitchWriter needs its place in SwitchTotals::by_writer and the report");
+
+/// What the switches made with one writer did. A request is counted under the writer the engine
+/// used (SwitchOutcome::writer), or, when it was refused before the engine chose one, under the
+/// writer that was asked for.
+struct WriterTotals {
+  std::uint64_t requested = 0;
+  std::uint64_t committed = 0;
+  /// Requests that did not commit, by the reason of their last attempt (index: SwitchAbort).
+  std::uint64_t failed[kSwitchAbortCount] = {};
+  /// Aborted attempts, committed requests' retries included (index: SwitchAbort).
+  std::uint64_t aborted_attempts[kSwitchAbortCount] = {};
+  /// The blackout of every committed switch, in nanoseconds, in order.
+  std::vector<std::uint64_t> blackouts_ns;
+};
 
 /// Every switch's outcome, summed.
 struct SwitchTotals {
@@ -31,20 +52,26 @@ struct SwitchTotals {
   std::uint64_t aborted_attempts[kSwitchAbortCount] = {};
   std::uint64_t stop_machine = 0;  ///< committed with the stop-machine writer
   std::uint64_t batch = 0;         ///< committed with the batch writer
+  std::uint64_t stopless = 0;      ///< committed with the stopless writer
   std::uint64_t int3_completions = 0;
   std::uint64_t nmi_completions = 0;
   std::uint64_t sites = 0;  ///< sites rewritten by committed switches
   /// The blackout of every committed switch, in nanoseconds, in order.
   std::vector<std::uint64_t> blackouts_ns;
+  /// The same figures writer by writer (index: SwitchWriter).
+  WriterTotals by_writer[kSwitchWriterCount];
   /// The message of the first failed request (empty if none).
   std::string first_failure;
 };
 
 class Switcher {
  public:
-  /// `after_commit` runs on the switcher's thread after each commit, with the request.
+  /// `after_commit` runs on the switcher's thread after each commit, with the request. The
+  /// decider's requests that name a group not in `interchangeable` are made with `writer`; those
+  /// of interchangeable groups only with SwitchWriter::kAuto (the batch writer).
   Switcher(Engine* engine, std::unique_ptr<SwitchDecider> decider,
-           std::function<void(const SwitchRequest&)> after_commit);
+           std::function<void(const SwitchRequest&)> after_commit, SwitchWriter writer,
+           std::vector<std::string> interchangeable);
   ~Switcher();
   Switcher(const Switcher&) = delete;
   Switcher& operator=(const Switcher&) = delete;
@@ -56,8 +83,9 @@ class Switcher {
   bool stop_within(std::chrono::milliseconds timeout);
 
   /// Makes one switch that the decider did not ask for (e.g. a microcode watcher's), from any
-  /// thread: waits for a switch in progress, switches, accounts the outcome and runs the
-  /// after-commit checks before the next switch can start. Returns the engine's outcome.
+  /// thread, with `options` as given (its writer too): waits for a switch in progress, switches,
+  /// accounts the outcome and runs the after-commit checks before the next switch can start.
+  /// Returns the engine's outcome.
   SwitchOutcome make(const std::vector<GroupChoice>& choices, const SwitchOptions& options);
 
   std::uint64_t committed() const { return committed_.load(std::memory_order_relaxed); }
@@ -77,12 +105,16 @@ class Switcher {
 
  private:
   void run();
+  // The options of a decided request: writer_ when it names a group that is not interchangeable.
+  SwitchOptions options_for(const SwitchRequest& request) const;
   // Switches, accounts and checks; the caller holds switch_mutex_.
   SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options);
   Engine* engine_;
   std::mutex switch_mutex_;  // one switch at a time, its after-commit checks included
   std::unique_ptr<SwitchDecider> decider_;
   std::function<void(const SwitchRequest&)> after_commit_;
+  SwitchWriter writer_;
+  std::vector<std::string> interchangeable_;
   SwitchTotals totals_;
   std::atomic<std::uint64_t> committed_{0};
   std::atomic<std::uint64_t> aborted_{0};

@@ -20,7 +20,8 @@ constexpr const char* kUsage =
     "usage: repatch stress [--vcpus N] [--duration SECONDS] [--switch-rate PER_S]\n"
     "                      [--nmi-rate PER_S] [--preempt-rate PER_S] [--locks N]\n"
     "                      [--groups LIST] [--trigger manual|simulated|real|replay:FILE]\n"
-    "                      [--microcode-every SECONDS] [--seed N] [--watchdog SECONDS]\n"
+    "                      [--writer auto|stop|stopless] [--microcode-every SECONDS]\n"
+    "                      [--seed N] [--watchdog SECONDS]\n"
     "                      [--json] [--quiet]\n"
     "\n"
     "Boots the guest built into this command and runs its workload on N vCPU threads (locks\n"
@@ -57,6 +58,18 @@ constexpr const char* kUsage =
     "                        The policy polls every 250 ms, dwells at least 1 s and makes at\n"
     "                        most 20 switches in 10 s; --switch-rate and --groups do not\n"
     "                        apply.\n"
+    "  --writer WHICH        how a switch naming a group that is not interchangeable\n"
+    "                        (spinlock, tlb, demo_lock) is written (default auto):\n"
+    "                          auto      the engine's choice (SwitchWriter::kAuto),\n"
+    "                                    stop-machine for these groups\n"
+    "                          stop      stop-machine: every other vCPU parked for the write\n"
+    "                          stopless  no stop: an INT3 fence, membarrier, and quiescence\n"
+    "                                    read from the vCPUs' in-op marks; only vCPUs that\n"
+    "                                    reach a fenced site wait\n"
+    "                        A switch of interchangeable groups only (demo_clock, demo_flush)\n"
+    "                        takes the batch writer whatever this says, and the microcode\n"
+    "                        watcher's switches keep their own writers (batch for the\n"
+    "                        interchangeable groups, stop-machine for lock_elision).\n"
     "  --microcode-every SECONDS\n"
     "                        load a simulated microcode update this often, 0 (off, the\n"
     "                        default) or 0.1-3600: updates alternately remove and add back the\n"
@@ -194,6 +207,20 @@ int parse(int argc, char** argv, stress::Scenario& s) {
         std::fprintf(stderr,
                      "%s: --trigger '%s' is not one of manual, simulated, real, replay:FILE\n",
                      kCommand, v);
+        ok = false;
+      }
+    } else if (arg == "--writer") {
+      ok = (v = value()) != nullptr;
+      const std::string_view w = ok ? std::string_view(v) : std::string_view("auto");
+      if (w == "auto") {
+        s.writer = SwitchWriter::kAuto;
+      } else if (w == "stop") {
+        s.writer = SwitchWriter::kStopMachine;
+      } else if (w == "stopless") {
+        s.writer = SwitchWriter::kStopless;
+      } else if (ok) {
+        std::fprintf(stderr, "%s: --writer '%s' is not one of auto, stop, stopless\n", kCommand,
+                     v);
         ok = false;
       }
     } else if (arg == "--microcode-every") {
