@@ -293,7 +293,7 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
   g_control.busy_reason.store(0, std::memory_order_relaxed);
   g_control.ack_deadline = options.ack_deadline;
 
-  // First step: publish kStopping, then choose the targets among the online vCPUs, then
+  // kStopping: publish it, then choose the targets among the online vCPUs, then
   // interrupt them. Publishing first pairs with go_online(), which stores `online` and then
   // reads the word (both seq_cst): either this loop sees the vCPU online and targets it, or the
   // vCPU sees kStopping and waits at the gate. Choosing first would let a vCPU come online
@@ -329,7 +329,7 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
   }
   result.targets = targets;
 
-  // Second step happens on the targets; here we wait for it.
+  // The targets acknowledge in their IPI handlers; here we wait for them.
   if (!StopMachine::wait_acks(stopping, options.ack_deadline)) {
     result.outcome = StopOutcome::kAckTimeout;
     result.culprit = StopMachine::laggard(stopping);
@@ -340,13 +340,13 @@ StopResult stop_machine(StopWork& work, const StopOptions& options) {
     result.work_result = reason;
     result.culprit = g_control.busy_vcpu.load(std::memory_order_relaxed);
   } else {
-    // Third step.
+    // kStopped.
     StopMachine::publish(StopState::kStopped);
     StopContext context;
     result.work_result = work.run(context);
   }
 
-  // Fourth step (or the abort): every vCPU that parked acknowledges once more and returns. The
+  // kRelease (or the abort): every vCPU that parked acknowledges once more and returns. The
   // stop is over only when every handler that saw it has left, however long an NMI on top of one
   // keeps it.
   const std::uint32_t last = StopMachine::publish(

@@ -5,16 +5,17 @@
 //   kIdle -> kStopping -> kStopped -> (kSync)* -> kRelease -> kIdle
 //                 \-> kAbort -> kIdle          (a vCPU did not acknowledge in time, or was busy)
 //
-//   first step:  the primary (the calling thread) publishes kStopping for a new generation, reads
-//                the set of online vCPUs and sends each an IPI;
-//   second step: each vCPU, in its IPI handler, asks the work whether it is quiescent (its
-//                interrupted context), acknowledges, and waits: a short spin, then a futex sleep
-//                (no spin at all when there are more vCPUs than CPUs), so that oversubscription
-//                costs no scheduler ticks (H9);
-//   third step:  when every target has acknowledged quiescent, the primary runs the work, which
-//                may call sync_all(): every parked vCPU runs sync_core and acknowledges;
-//   fourth step: kRelease: every parked vCPU serialises and returns to what it was doing.
+//   kStopping: the primary (the calling thread) publishes it for a new generation, reads the set
+//              of online vCPUs and sends each an IPI; each vCPU, in its IPI handler, asks the work
+//              whether it is quiescent (its interrupted context), acknowledges, and waits: a short
+//              spin, then a futex sleep (no spin at all when there are more vCPUs than CPUs), so
+//              that oversubscription costs no scheduler ticks (H9);
+//   kStopped:  every target acknowledged quiescent; the primary runs the work (for a switch, the
+//              steps of engine/switch_protocol.h), which may call sync_all(): every parked vCPU
+//              runs sync_core and acknowledges (kSync);
+//   kRelease:  every parked vCPU serialises and returns to what it was doing.
 //
+// These are the states of the stop, not steps of the switch protocol, which has its own numbering.
 // A target that has not acknowledged by the deadline (its IPI blocked: H3) or that reports busy
 // (an op in flight: H7) turns the attempt into kAbort before the work runs, so nothing is written.
 // vCPUs that come online meanwhile wait at the online gate until kIdle, then serialise (H8).

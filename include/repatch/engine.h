@@ -133,13 +133,14 @@ enum class SwitchAbort : std::uint8_t {
   kAckTimeout,    ///< a vCPU did not acknowledge the stop in time (its IPIs blocked: H3)
   kBusy,          ///< a vCPU was inside an op of a switched group, or stopped inside a site (H7)
   kFenceUndone,   ///< after the INT3 fence, an executor was found inside an op of the groups (an
-                  ///< NMI handler), or an NMI begun before the fence outlasted the ack deadline:
-                  ///< the fence was taken back
+                  ///< NMI handler, or a thread that reached a fenced site from inside one), or an
+                  ///< NMI begun before the fence outlasted the ack deadline: the fence was taken
+                  ///< back
   kForeignWrite,  ///< a site changed between planning and the stop; nothing was written
   kStateRefused,  ///< a group's state cannot be converted (GroupState::can_convert names the
                   ///< object); the fence was taken back, nothing was converted
-  kInOpTimeout,   ///< kStopless: a vCPU was still inside an op of the groups at in_op_deadline
-                  ///< (or reached a fence from inside one); the fence was taken back
+  kInOpTimeout,   ///< kStopless: a vCPU was still inside an op of the groups at in_op_deadline;
+                  ///< the fence was taken back
 };
 inline constexpr std::size_t kSwitchAbortCount = 8;
 
@@ -223,7 +224,8 @@ class Engine {
   /// Refusals (attempts == 0): kUnknownName, kInvalidArgument (a group named twice, the
   /// "indirect" target), kForeignWrite, kBadImage (an image pair cannot be switched live: same
   /// first byte and no padding), kUnsupported (TextWriter::kProcSelfMem cannot switch live;
-  /// kBatch for a group that is not interchangeable), kState (not booted, or called from a signal
+  /// kBatch for a group that is not interchangeable; kStopless for a group beyond the first 32),
+  /// kState (not booted, or called from a signal
   /// handler or during a stop).
   SwitchOutcome switch_groups(const std::vector<GroupChoice>& choices,
                               const SwitchOptions& options = {});

@@ -113,7 +113,8 @@ class Hazard : public ::testing::Test {
 
   bool stopless() const { return writer_ == SwitchWriter::kStopless; }
 
-  SwitchWriter writer_ = SwitchWriter::kAuto;
+  // The Hazard suite's tests are about stop-machine unless they name their writer.
+  SwitchWriter writer_ = SwitchWriter::kStopMachine;
   Engine* engine_ = nullptr;
   std::unique_ptr<sync::Vcpu> self_;
   std::atomic<bool> stop_{false};
