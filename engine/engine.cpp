@@ -26,6 +26,9 @@ std::string call_target_name(const std::string& instruction) {
 EngineStatus Engine::status() const {
   const engine::Catalog& catalog = impl_->catalog;
   const engine::SiteTable& table = impl_->table;
+  // The switch mutex: a switch on another thread writes group_variant, the table's held bytes and
+  // the sites' code; this reads all three, so it waits for the switch to end.
+  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
   EngineStatus out;
   for (std::size_t g = 0; g < catalog.groups().size(); ++g) {
     const engine::CatalogGroup& group = catalog.group(static_cast<engine::GroupIndex>(g));
@@ -74,6 +77,8 @@ EngineStatus Engine::status() const {
 Result<std::string> Engine::current_variant(std::string_view group) const {
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
   if (!g.ok()) return g.error();
+  // As status(): group_variant is the switch's to write.
+  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
 }
 

@@ -142,7 +142,9 @@ enum class SwitchAbort : std::uint8_t {
   kInOpTimeout,   ///< kStopless: a vCPU was still inside an op of the groups at in_op_deadline;
                   ///< the fence was taken back
 };
-inline constexpr std::size_t kSwitchAbortCount = 8;
+/// The number of SwitchAbort values (the size of SwitchOutcome::aborts): one past the last.
+inline constexpr std::size_t kSwitchAbortCount =
+    static_cast<std::size_t>(SwitchAbort::kInOpTimeout) + 1;
 
 /// "none", "refused", "ack_timeout", "busy", "fence_undone", "foreign_write", "state_refused",
 /// "in_op_timeout".
@@ -200,10 +202,11 @@ class Engine {
   /// The booted engine, or nullptr before boot() succeeds.
   static Engine* get();
 
-  /// A snapshot of every group and site. Allocates; not for signal handlers.
+  /// A snapshot of every group and site. Waits for a switch in progress (so never from the
+  /// thread that is switching). Allocates; not for signal handlers.
   EngineStatus status() const;
 
-  /// The current variant of `group`. Fails with kUnknownName.
+  /// The current variant of `group`. Waits for a switch in progress. Fails with kUnknownName.
   Result<std::string> current_variant(std::string_view group) const;
 
   /// Compares every site's bytes with the image of its current variant. Fails with kForeignWrite
