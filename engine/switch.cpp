@@ -214,10 +214,11 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
   for (const engine::GroupIndex g : switched) {
     if (g < sync::kMaxTrackedGroups) {
       const engine::VariantIndex from = impl.group_variant[g];
-      plan.tracked.push_back({g, from == engine::kIndirect ? engine::VariantIndex{0} : from,
-                              plan.target[g]});
+      plan.tracked.push_back(
+          {g, from == engine::kIndirect ? engine::VariantIndex{0} : from, plan.target[g]});
     } else {
-      if (plan.untracked_text.empty()) plan.untracked_text = std::string(catalog.group(g).desc->name);
+      if (plan.untracked_text.empty())
+        plan.untracked_text = std::string(catalog.group(g).desc->name);
     }
     if (GroupState* state = impl.group_state[g]) {
       // An unpatched group runs its default variant, so its state is in that encoding.
@@ -408,10 +409,10 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     // unchecked, for the hazard tests that must then see what the stop prevents.
     const SwitchWriter attempt_writer =
         stop ? SwitchWriter::kStopMachine
-             : (outcome.writer == SwitchWriter::kStopMachine ? SwitchWriter::kBatch : outcome.writer);
-    auto attempt = std::make_unique<engine::Transaction>(plan.sites, plan.tracked, *impl.poker,
-                                                         attempt_writer, plan.states,
-                                                         options.in_op_deadline);
+             : (outcome.writer == SwitchWriter::kStopMachine ? SwitchWriter::kBatch
+                                                             : outcome.writer);
+    auto attempt = std::make_unique<engine::Transaction>(
+        plan.sites, plan.tracked, *impl.poker, attempt_writer, plan.states, options.in_op_deadline);
     SwitchAbort reason = SwitchAbort::kNone;
     bool published = true;
     if (stop) {

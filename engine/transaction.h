@@ -65,8 +65,8 @@ class Transaction {
   /// `writer`: how the attempt establishes quiescence (kStopMachine, kBatch or kStopless).
   /// `in_op_deadline`: kStopless, how long after the fence executors may wait for vCPUs inside an
   /// op of the groups.
-  Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked,
-              x86::TextPoker& poker, SwitchWriter writer, std::vector<StateChange> states,
+  Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked, x86::TextPoker& poker,
+              SwitchWriter writer, std::vector<StateChange> states,
               std::chrono::nanoseconds in_op_deadline);
 
   std::size_t size() const { return sites_.size(); }

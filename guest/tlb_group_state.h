@@ -36,7 +36,6 @@ class TlbGroupState final : public GroupState {
   /// Marks drained since the process started (statistics).
   std::uint64_t drained() const { return drained_.load(std::memory_order_relaxed); }
 
-
  private:
   std::atomic<std::uint64_t> drained_{0};
 };

@@ -162,14 +162,15 @@ std::string render_text(const Report& r) {
     // kAuto only ever holds refusals, so it is listed only when there were some.
     if (t.requested == 0 && writer == SwitchWriter::kAuto) continue;
     const Report::Blackouts& b = r.writer_blackouts[static_cast<std::size_t>(writer)];
-    out += format("    %s: %llu requested, %llu committed, %llu not committed", writer_label(writer),
-                  ull(t.requested), ull(t.committed), ull(t.requested - t.committed));
+    out +=
+        format("    %s: %llu requested, %llu committed, %llu not committed", writer_label(writer),
+               ull(t.requested), ull(t.committed), ull(t.requested - t.committed));
     if (t.requested == 0) {
       out += "\n";
       continue;
     }
-    out += "; blackout p50 " + us(b.p50_ns) + ", p99 " + us(b.p99_ns) + ", max " + us(b.max_ns) +
-           "\n";
+    out +=
+        "; blackout p50 " + us(b.p50_ns) + ", p99 " + us(b.p99_ns) + ", max " + us(b.max_ns) + "\n";
     out += "      not committed, by reason: " + by_reason(t.failed) + "\n";
     out += "      attempts aborted, by reason: " + by_reason(t.aborted_attempts) + "\n";
   }

@@ -71,8 +71,9 @@ SwitchOutcome Switcher::switch_and_account(const SwitchRequest& request,
   ++totals_.requested;
   // A request refused before the engine chose a writer still says kAuto.
   const SwitchWriter used = outcome.writer != SwitchWriter::kAuto ? outcome.writer : options.writer;
-  WriterTotals& by_writer = totals_.by_writer[std::min<std::size_t>(
-      static_cast<std::size_t>(used), kSwitchWriterCount - 1)];
+  WriterTotals& by_writer =
+      totals_
+          .by_writer[std::min<std::size_t>(static_cast<std::size_t>(used), kSwitchWriterCount - 1)];
   ++by_writer.requested;
   std::uint64_t aborts = 0;
   for (std::size_t r = 0; r < kSwitchAbortCount; ++r) {

@@ -219,8 +219,7 @@ int parse(int argc, char** argv, stress::Scenario& s) {
       } else if (w == "stopless") {
         s.writer = SwitchWriter::kStopless;
       } else if (ok) {
-        std::fprintf(stderr, "%s: --writer '%s' is not one of auto, stop, stopless\n", kCommand,
-                     v);
+        std::fprintf(stderr, "%s: --writer '%s' is not one of auto, stop, stopless\n", kCommand, v);
         ok = false;
       }
     } else if (arg == "--microcode-every") {

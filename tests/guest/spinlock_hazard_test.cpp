@@ -32,12 +32,10 @@ Engine* boot_with_state(const char* variant) {
 // Each test runs under both writers that can switch a group with state.
 class EachWriter : public ::testing::TestWithParam<SwitchWriter> {};
 
-INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
-                         testing::writer_test_name);
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters, testing::writer_test_name);
 
 void flip(Engine* engine, const char* variant, SwitchWriter writer) {
-  const SwitchOutcome outcome =
-      engine->switch_groups({{"spinlock", variant}}, {.writer = writer});
+  const SwitchOutcome outcome = engine->switch_groups({{"spinlock", variant}}, {.writer = writer});
   ASSERT_TRUE(outcome.committed()) << outcome.status.error().to_string();
   EXPECT_EQ(engine->current_variant("spinlock").value(), variant);
 }
@@ -188,8 +186,7 @@ TEST_P(EachWriter, CorruptLockRefused) {
   const std::uint64_t healthy_word = healthy.load_word();
   corrupt.word().store(0x00ff00ff00ff00ffu);  // no tag: nobody's encoding
   const EngineStatus before = engine->status();
-  const SwitchOutcome outcome =
-      engine->switch_groups({{"spinlock", "pv"}}, {.writer = GetParam()});
+  const SwitchOutcome outcome = engine->switch_groups({{"spinlock", "pv"}}, {.writer = GetParam()});
   ASSERT_FALSE(outcome.committed()) << "a switch went ahead over a corrupt lock";
   EXPECT_EQ(outcome.reason, SwitchAbort::kStateRefused);
   const std::string message = outcome.status.error().message();

@@ -364,8 +364,7 @@ TEST(Tlb, SwitchToNativeWithoutTheDrainResumesStale) {
 // with REPATCH_TEST_DISABLE=tlb_drain, and that run must fail (tests/CMakeLists.txt).
 class EachWriter : public ::testing::TestWithParam<SwitchWriter> {};
 
-INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
-                         testing::writer_test_name);
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters, testing::writer_test_name);
 
 TEST_P(EachWriter, TlbFlushNotLostAcrossSwitch) {
   resume_after_switch_to_native(/*register_state=*/true, /*expect_stale=*/false, GetParam());

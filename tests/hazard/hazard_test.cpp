@@ -132,8 +132,7 @@ class EachWriter : public Hazard, public ::testing::WithParamInterface<SwitchWri
   }
 };
 
-INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters,
-                         testing::writer_test_name);
+INSTANTIATE_TEST_SUITE_P(Hazard, EachWriter, testing::kStatefulWriters, testing::writer_test_name);
 
 // ---- H1: no vCPU ever runs a mix of variants of one group --------------------------------------
 
@@ -535,10 +534,11 @@ TEST_F(Hazard, Stopless_OpInFlight_DelaysThenCommits) {
     }
   };
   test::set_injection(&Count::at, &fences);
-  const SwitchOutcome outcome =
-      flip("hz_pair", "b",
-           {.writer = SwitchWriter::kStopless, .deadline = 5s, .first_backoff = 1ms,
-            .in_op_deadline = 2ms});
+  const SwitchOutcome outcome = flip("hz_pair", "b",
+                                     {.writer = SwitchWriter::kStopless,
+                                      .deadline = 5s,
+                                      .first_backoff = 1ms,
+                                      .in_op_deadline = 2ms});
   EXPECT_GE(outcome.attempts, 2u) << "the first attempt should have waited for the op, then gone";
   EXPECT_GE(outcome.aborts[static_cast<int>(SwitchAbort::kInOpTimeout)], 1u);
   ASSERT_TRUE(spin_until([&] { return seen_second.load() != 0; }, 10s));
@@ -560,11 +560,11 @@ TEST_F(Hazard, Stopless_VcpuNeverLeavesOp_AbortsCleanly) {
   wait_started(1);
   const std::vector<std::uint8_t> before = engine_->status().sites.front().bytes;
   const auto start = Clock::now();
-  const SwitchOutcome outcome = engine_->switch_groups(
-      {{"hz_pair", "b"}}, {.writer = SwitchWriter::kStopless,
-                           .deadline = 300ms,
-                           .first_backoff = 1ms,
-                           .in_op_deadline = 2ms});
+  const SwitchOutcome outcome =
+      engine_->switch_groups({{"hz_pair", "b"}}, {.writer = SwitchWriter::kStopless,
+                                                  .deadline = 300ms,
+                                                  .first_backoff = 1ms,
+                                                  .in_op_deadline = 2ms});
   const auto took = Clock::now() - start;
   ASSERT_FALSE(outcome.committed());
   EXPECT_EQ(outcome.reason, SwitchAbort::kInOpTimeout);
