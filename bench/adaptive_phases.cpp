@@ -36,7 +36,10 @@
 // Per contender, load and repetition the counters are the acquisitions per second in each phase
 // (`dedicated1`, `oversub`, `dedicated2`) and over the whole run (`overall`); for adaptive, also
 // the lag from the start of a phase to the commit of the switch it calls for (`lag_oversub_ms`,
-// `lag_dedicated2_ms`). The summary prints medians over repetitions and the two targets
+// `lag_dedicated2_ms`) and that switch's own time from decision to commit (`switch_oversub_ms`,
+// `switch_dedicated2_ms`). Adaptive runs twice: `adaptive` with the engine's default writer for
+// the spinlock group (stop-machine), `adaptive_stopless` with SwitchWriter::kStopless. The
+// summary prints medians over repetitions and the two targets
 // with a verdict.
 #include <benchmark/benchmark.h>
 #include <sched.h>
@@ -92,9 +95,16 @@ constexpr std::uint64_t kSeed = 0xada9;
 constexpr std::size_t kPlanLength = 20000;
 constexpr std::uint64_t kQuiescentEvery = 64;
 
-enum class Kind { kNative, kPv, kMutex, kTas, kAdaptive };
-constexpr std::array<Kind, 5> kKinds = {Kind::kNative, Kind::kPv, Kind::kMutex, Kind::kTas,
-                                        Kind::kAdaptive};
+// kAdaptive switches with the engine's default writer for the spinlock group (stop-machine: the
+// group is not interchangeable), kAdaptiveStopless with SwitchWriter::kStopless; otherwise the two
+// are the same contender.
+enum class Kind { kNative, kPv, kMutex, kTas, kAdaptive, kAdaptiveStopless };
+constexpr std::array<Kind, 6> kKinds = {Kind::kNative, Kind::kPv,       Kind::kMutex,
+                                        Kind::kTas,    Kind::kAdaptive, Kind::kAdaptiveStopless};
+
+bool is_adaptive(Kind kind) {
+  return kind == Kind::kAdaptive || kind == Kind::kAdaptiveStopless;
+}
 
 const char* kind_name(Kind kind) {
   switch (kind) {
@@ -108,6 +118,8 @@ const char* kind_name(Kind kind) {
       return "tas";
     case Kind::kAdaptive:
       return "adaptive";
+    case Kind::kAdaptiveStopless:
+      return "adaptive_stopless";
   }
   return "?";
 }
@@ -145,6 +157,8 @@ struct RunResult {
   // From the start of a phase to the commit of the first switch into the mode it calls for;
   // negative when there was none in that phase.
   std::array<double, kPhases> switch_lag_ms{-1, -1, -1};
+  // That switch's own duration, from the loop's decision to the commit.
+  std::array<double, kPhases> switch_ms{-1, -1, -1};
 };
 
 // The trigger loop's clock, shared with the phase boundaries so that decisions can be placed in
@@ -267,6 +281,8 @@ RunResult run_phases(
         if (in_phase && d.wanted == wanted && result.switch_lag_ms[p] < 0) {
           result.switch_lag_ms[p] =
               std::chrono::duration<double, std::milli>(d.switched_at - boundaries[p]).count();
+          result.switch_ms[p] =
+              std::chrono::duration<double, std::milli>(d.switched_at - d.decided_at).count();
         }
       }
     }
@@ -297,6 +313,7 @@ RunResult run_phases(
 // ---- the adaptive contender's trigger loop ------------------------------------------------------
 
 std::unique_ptr<repatch::triggers::TriggerLoop> g_loop;
+repatch::SwitchWriter g_loop_writer = repatch::SwitchWriter::kAuto;  // set before each run
 
 repatch::triggers::TriggerLoop* start_trigger_loop(const std::vector<repatch::sync::VcpuId>& ids) {
   repatch::triggers::TriggerConfig config;
@@ -309,6 +326,7 @@ repatch::triggers::TriggerLoop* start_trigger_loop(const std::vector<repatch::sy
   config.policy.max_switches = 100;
   config.policy.rate_window = 10s;
   config.policy.retry_backoff = 10ms;
+  config.switch_options.writer = g_loop_writer;
   auto loop = repatch::triggers::TriggerLoop::create(
       repatch::triggers::make_simulated_source(ids), config,
       repatch::triggers::engine_switcher(repatch::Engine::get()));
@@ -333,6 +351,7 @@ struct Row {
   std::array<std::vector<double>, kPhases> phases;
   std::vector<double> overall;
   std::array<std::vector<double>, kPhases> switch_lag_ms;
+  std::array<std::vector<double>, kPhases> switch_ms;
   std::uint64_t switches = 0;
   bool host_realtime = true;
   std::string error;
@@ -354,7 +373,7 @@ void BM_Phases(benchmark::State& state, Kind kind) {
   for (auto _ : state) {
     RunResult r;
     const char* initial = kind == Kind::kPv ? "pv" : "native";
-    if (kind == Kind::kNative || kind == Kind::kPv || kind == Kind::kAdaptive) {
+    if (kind == Kind::kNative || kind == Kind::kPv || is_adaptive(kind)) {
       row.error = switch_spinlock(initial);
       if (!row.error.empty()) break;
     }
@@ -365,7 +384,10 @@ void BM_Phases(benchmark::State& state, Kind kind) {
         r = run_phases(lock, outside, nullptr);
         break;
       }
-      case Kind::kAdaptive: {
+      case Kind::kAdaptive:
+      case Kind::kAdaptiveStopless: {
+        g_loop_writer = kind == Kind::kAdaptiveStopless ? repatch::SwitchWriter::kStopless
+                                                        : repatch::SwitchWriter::kAuto;
         GuestSpinlock lock{g_spinlock};
         r = run_phases(lock, outside, &start_trigger_loop);
         if (g_loop == nullptr && r.error.empty()) r.error = "the trigger loop did not start";
@@ -392,10 +414,14 @@ void BM_Phases(benchmark::State& state, Kind kind) {
       state.counters[kPhaseNames[p]] = r.ops_per_s[p];
       state.counters[std::string("seconds_") + kPhaseNames[p]] = g_phase_seconds[p];
       row.phases[p].push_back(r.ops_per_s[p]);
-      if (kind == Kind::kAdaptive && p > 0) {
+      if (is_adaptive(kind) && p > 0) {
         // -1: the phase ended before the switch it calls for committed.
         state.counters[std::string("lag_") + kPhaseNames[p] + "_ms"] = r.switch_lag_ms[p];
-        if (r.switch_lag_ms[p] >= 0) row.switch_lag_ms[p].push_back(r.switch_lag_ms[p]);
+        state.counters[std::string("switch_") + kPhaseNames[p] + "_ms"] = r.switch_ms[p];
+        if (r.switch_lag_ms[p] >= 0) {
+          row.switch_lag_ms[p].push_back(r.switch_lag_ms[p]);
+          row.switch_ms[p].push_back(r.switch_ms[p]);
+        }
       }
     }
     state.counters["overall"] = r.overall;
@@ -434,7 +460,7 @@ const Row* find_row(Kind kind, int outside) {
 void print_load(std::FILE* out, int outside) {
   std::fprintf(out,
                "\nadaptive_phases, outside:%d: acquisitions per second, median over repetitions; "
-               "phases of %.2f, %.2f and %.2f s\n%-9s %14s %14s %14s %14s %9s\n",
+               "phases of %.2f, %.2f and %.2f s\n%-17s %14s %14s %14s %14s %9s\n",
                outside, g_phase_seconds[0], g_phase_seconds[1], g_phase_seconds[2], "lock",
                kPhaseNames[0], kPhaseNames[1], kPhaseNames[2], "overall", "switches");
   bool host_realtime = true;
@@ -443,11 +469,11 @@ void print_load(std::FILE* out, int outside) {
     if (it == g_rows.end()) continue;
     const Row& row = it->second;
     if (!row.error.empty() || row.overall.empty()) {
-      std::fprintf(out, "%-9s failed: %s\n", kind_name(kind), row.error.c_str());
+      std::fprintf(out, "%-17s failed: %s\n", kind_name(kind), row.error.c_str());
       continue;
     }
     host_realtime = host_realtime && row.host_realtime;
-    std::fprintf(out, "%-9s %14.0f %14.0f %14.0f %14.0f %9.1f\n", kind_name(kind),
+    std::fprintf(out, "%-17s %14.0f %14.0f %14.0f %14.0f %9.1f\n", kind_name(kind),
                  median(row.phases[0]), median(row.phases[1]), median(row.phases[2]),
                  median(row.overall),
                  static_cast<double>(row.switches) / static_cast<double>(row.overall.size()));
@@ -455,21 +481,33 @@ void print_load(std::FILE* out, int outside) {
   if (!host_realtime) {
     std::fprintf(out, "%s\n", repatch::bench::kHostNotRealtime);
   }
+  for (const Kind kind : {Kind::kAdaptive, Kind::kAdaptiveStopless}) {
+    const Row* row = find_row(kind, outside);
+    if (row == nullptr) continue;
+    for (std::size_t p = 1; p < kPhases; ++p) {
+      if (row->switch_lag_ms[p].empty()) continue;
+      std::vector<double> lags = row->switch_lag_ms[p];
+      std::sort(lags.begin(), lags.end());
+      std::fprintf(out,
+                   "%s: switch committed %.0f ms (median; max %.0f) into %s, %zu of %zu runs; "
+                   "the switch itself %.2f ms (median, decision to commit)\n",
+                   kind_name(kind), median(lags), lags.back(), kPhaseNames[p], lags.size(),
+                   row->overall.size(), median(row->switch_ms[p]));
+    }
+  }
   const Row* adaptive = find_row(Kind::kAdaptive, outside);
   const bool statics_ran = std::any_of(kStatics.begin(), kStatics.end(),
                                        [&](Kind k) { return find_row(k, outside) != nullptr; });
   if (adaptive == nullptr || !statics_ran) {
-    std::fprintf(out, "targets: not judged (%s did not run)\n",
-                 adaptive == nullptr ? "adaptive" : "no static lock");
+    std::fprintf(out, "targets: not judged (%s)\n",
+                 adaptive == nullptr ? "adaptive did not run" : "no static lock ran");
     return;
   }
-  for (std::size_t p = 1; p < kPhases; ++p) {
-    if (adaptive->switch_lag_ms[p].empty()) continue;
-    std::vector<double> lags = adaptive->switch_lag_ms[p];
-    std::sort(lags.begin(), lags.end());
-    std::fprintf(out,
-                 "adaptive: switch committed %.0f ms (median; max %.0f) into %s, %zu of %zu runs\n",
-                 median(lags), lags.back(), kPhaseNames[p], lags.size(), adaptive->overall.size());
+  if (const Row* stopless = find_row(Kind::kAdaptiveStopless, outside); stopless != nullptr) {
+    // Lock throughput with either writer: the phase the switch lands in, and the whole run.
+    std::fprintf(out, "adaptive_stopless / adaptive: oversub %.3g, overall %.3g\n",
+                 median(stopless->phases[1]) / median(adaptive->phases[1]),
+                 median(stopless->overall) / median(adaptive->overall));
   }
   double best_run = 0;  // the whole run of a lock as good as the best static in every phase
   for (std::size_t p = 0; p < kPhases; ++p) {

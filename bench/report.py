@@ -165,9 +165,13 @@ def stop_blackout(data):
 def switch_blackout(data):
     rows, errors = iterations(data)
     cells = defaultdict(list)
+    busy = defaultdict(list)
     for b in rows:
         writer, args = parse_name(b["run_name"])
-        cells[(writer, args["vcpus"], args["sites"])].append(b)
+        if b["run_name"].startswith("BM_SwitchBusy/"):
+            busy[(writer, args["vcpus"], args["sites"])].append(b)
+        else:
+            cells[(writer, args["vcpus"], args["sites"])].append(b)
     def med(key, counter):
         return percentile([b[counter] for b in cells[key]], 0.5) if key in cells else None
     keys = sorted({(v, s) for (_, v, s) in cells}, key=lambda k: (k[1], k[0]))
@@ -179,10 +183,58 @@ def switch_blackout(data):
                     ratio(med(batch, "med_us"), med(stop, "med_us"))])
     text = ("### Blackout of one group switch (switch_blackout; baseline: the stop-machine writer)\n\n"
             "µs during which a vCPU cannot run the group's ops, per switch: the median and p99 of "
-            "each row's switches.\n\n"
+            "each row's switches. Yielding vCPUs, interchangeable groups.\n\n"
             + table(["vCPUs", "sites", "stop median µs", "stop p99 µs", "batch median µs",
                      "batch p99 µs", "batch / stop (median)"], out))
+    if busy:
+        text += "\n\n" + switch_busy(busy)
     return text, errors, cells
+
+
+def switch_busy(busy):
+    """The busy rows: stop-machine against stopless, p50 / p99 of each row's own samples (the
+    median over repetitions when there are several)."""
+    def get(key, counter):
+        v = [b[counter] for b in busy.get(key, []) if counter in b]
+        return percentile(v, 0.5) if v else None
+    def pair(key, name):
+        return f"{fmt(get(key, name + '_med_us'))} / {fmt(get(key, name + '_p99_us'))}"
+    out = []
+    for vcpus, sites in sorted({k[1:] for k in busy}, key=lambda k: (k[1], k[0])):
+        stop, stopless = ("stop", vcpus, sites), ("stopless", vcpus, sites)
+        for writer, key in (("stop", stop), ("stopless", stopless)):
+            if key not in busy:
+                continue
+            out.append([vcpus, sites, writer, pair(key, "wall"),
+                        f"{fmt(get(key, 'med_us'))} / {fmt(get(key, 'p99_us'))}",
+                        fmt(get(key, "waits")), pair(key, "wait"), pair(key, "stall"),
+                        pair(key, "gap"), pair(key, "gap_raw")])
+        if stop in busy and stopless in busy:
+            out.append([vcpus, sites, "stopless / stop (p99)",
+                        ratio(get(stopless, "wall_p99_us"), get(stop, "wall_p99_us")),
+                        ratio(get(stopless, "p99_us"), get(stop, "p99_us")), "",
+                        ratio(get(stopless, "wait_p99_us"), get(stop, "wait_p99_us")),
+                        ratio(get(stopless, "stall_p99_us"), get(stop, "stall_p99_us")),
+                        ratio(get(stopless, "gap_p99_us"), get(stop, "gap_p99_us")), ""])
+    notes = []
+    for sites in (10, 1000):
+        key = ("stopless", 16, sites)
+        if key in busy:
+            wall, wait = get(key, "wall_p99_us"), get(key, "wait_p99_us")
+            notes.append(f"- 16 vCPUs, {sites} sites, stopless: wall p99 {fmt(wall)} µs, target "
+                         f"≤ 1 ms: {'met' if wall <= 1000 else 'MISSED'}; wait p99 {fmt(wait)} "
+                         f"µs, target ≤ 200 µs: {'met' if wait <= 200 else 'MISSED'}")
+    return ("### Stop-machine against stopless, busy vCPUs (switch_blackout; baseline: "
+            "stop-machine)\n\n"
+            "Groups that are not interchangeable; vCPUs that never yield, and 2 bystander vCPUs "
+            "that never touch the group. p50 / p99 in µs. `wall`: switch_groups() as a whole, "
+            "timed around the call; `blackout`: the engine's; `wait`: a site call of the group "
+            "that overlapped a switch (`waits` calls); `stall`: per switch, the longest stall of "
+            "a vCPU calling the group; `gap`: per switch, the longest stall of a bystander. Net "
+            "of each thread's run-queue wait, except `gap raw`.\n\n"
+            + table(["vCPUs", "sites", "writer", "wall", "blackout", "waits", "wait", "stall",
+                     "gap", "gap raw"], out)
+            + ("\n\n" + "\n".join(notes) if notes else ""))
 
 
 def lock_throughput(data):
@@ -271,8 +323,9 @@ def adaptive_phases(data):
         lock, args = parse_name(b["run_name"])
         outside = args.get("outside", 0)
         for counter in PHASES + ("overall", "switches", "lag_oversub_ms", "lag_dedicated2_ms",
+                                 "switch_oversub_ms", "switch_dedicated2_ms",
                                  "host_realtime") + tuple("seconds_" + p for p in PHASES):
-            if counter in b and not (counter.startswith("lag_") and b[counter] < 0):
+            if counter in b and not (counter.startswith(("lag_", "switch_")) and b[counter] < 0):
                 cells[outside][lock][counter].append(b[counter])
     sections, meds = [], {}
     for outside in sorted(cells, reverse=True):
@@ -285,7 +338,10 @@ def adaptive_phases(data):
              "oversubscribed with preemption, 2 dedicated again) and over the whole run: median "
              "over the repetitions, then the ratio to the best static lock in that column. "
              "`switches`: switches the trigger loop committed per run; `lag`: from the start of "
-             "the phase to the commit of adaptive's switch, median over the runs. One table per "
+             "the phase to the commit of adaptive's switch, median over the runs; `switch`: that "
+             "switch alone, from the loop's decision to the commit. `adaptive` switches with the "
+             "default writer (stop-machine), `adaptive_stopless` with the stopless writer. One "
+             "table per "
              "load: `outside` multiply-adds between acquisitions.")
     return "\n\n".join([intro] + sections), errors, meds
 
@@ -294,13 +350,14 @@ def adaptive_load(outside, cells):
     statics = [l for l in ("native", "pv", "mutex", "tas") if l in cells]
     med = {l: {c: percentile(v, 0.5) for c, v in cells[l].items()} for l in cells}
     out = []
-    for lock in statics + (["adaptive"] if "adaptive" in cells else []):
+    for lock in statics + [l for l in ("adaptive", "adaptive_stopless") if l in cells]:
         row = [lock]
         for counter in PHASES + ("overall",):
             best = max((med[l][counter] for l in statics), default=None)
             row.append(f"{fmt(med[lock][counter])} ({ratio(med[lock][counter], best)})")
         row.append(fmt(med[lock].get("switches")))
         row += [fmt(med[lock].get(f"lag_{p}_ms")) for p in PHASES[1:]]
+        row += [fmt(med[lock].get(f"switch_{p}_ms")) for p in PHASES[1:]]
         out.append(row)
     notes = []
     if any(v == 0 for l in cells.values() for v in l.get("host_realtime", [])):
@@ -326,16 +383,24 @@ def adaptive_load(outside, cells):
                      f"{'met' if r >= 3 else 'MISSED'}. The best static lock of each phase in turn "
                      f"would be {best_run / w if w else 0:.3g}× the worst here, with {lengths}: the "
                      f"ceiling for any lock that is no faster than the best static in each phase.")
+    if "adaptive" in med and "adaptive_stopless" in med:
+        lag = [med[l].get("lag_oversub_ms") for l in ("adaptive", "adaptive_stopless")]
+        took = [med[l].get("switch_oversub_ms") for l in ("adaptive", "adaptive_stopless")]
+        notes.append(f"- into oversub, lag to commit: stop-machine {fmt(lag[0])} ms, stopless "
+                     f"{fmt(lag[1])} ms ({ratio(lag[1], lag[0])}); the switch alone: "
+                     f"{fmt(took[0])} ms against {fmt(took[1])} ms ({ratio(took[1], took[0])})")
     heading = f"#### outside:{outside}" + (f" ({LOAD_NAMES[outside]})" if outside in LOAD_NAMES
                                            else "")
     return (heading + "\n\n"
             + table(["lock"] + list(PHASES) + ["overall", "switches"]
-                    + [f"lag {p} ms" for p in PHASES[1:]], out)
+                    + [f"lag {p} ms" for p in PHASES[1:]]
+                    + [f"switch {p} ms" for p in PHASES[1:]], out)
             + ("\n\n" + "\n".join(notes) if notes else "")), med
 
 
 def plot_phases(results, outside, med):
-    locks = [l for l in ("native", "pv", "mutex", "tas", "adaptive") if l in med]
+    locks = [l for l in ("native", "pv", "mutex", "tas", "adaptive", "adaptive_stopless")
+             if l in med]
     name = f"adaptive_phases_outside{outside}"
     lines = ["# lock " + " ".join(PHASES)]
     for lock in locks:

@@ -9,9 +9,17 @@
 // maximum over the timed switches are reported as counters. After the run, a summary prints every
 // row and the write cost per site derived from the 10- and 10000-site rows.
 //
-// Quick subset (4 rows, about 5 s):
-//   switch_blackout --benchmark_filter='vcpus:(2|16)/sites:1000/'
+// The busy rows (BM_SwitchBusy, below) compare stop-machine with the stopless writer on two groups
+// that are not interchangeable, against vCPUs that never yield and two bystanders that never touch
+// the group; their method is at "the busy rows".
+//
+// Quick subsets (about 5 s each):
+//   switch_blackout --benchmark_filter='^BM_SwitchBlackout/.*vcpus:(2|16)/sites:1000/'
+//   switch_blackout --benchmark_filter='^BM_SwitchBusy/.*vcpus:(2|16)/sites:10/' --busy_switches=5
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <array>
@@ -20,10 +28,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -56,33 +67,37 @@ using SiteFn = unsigned (*)();
 // one function, leaving one site where the table promises n. noinline: each one must be emitted as
 // a function of its own, however it is reached.
 // clang-format off
-#define SWITCH_BLACKOUT_GROUP(n)                                                                 \
-  REPATCH_DECLARE_GROUP(switch_blackout_##n);                                                    \
-  REPATCH_DECLARE_OP(switch_blackout_##n##_read, 8);                                             \
-  REPATCH_DEFINE_GROUP(switch_blackout_##n, repatch::abi::kGroupInterchangeable, "one", "two");  \
-  REPATCH_DEFINE_OP(switch_blackout_##n##_read, switch_blackout_##n, one);                       \
-  REPATCH_INLINE_VARIANT(switch_blackout_##n##_read, one, "mov $1, %eax");                       \
-  REPATCH_INLINE_VARIANT(switch_blackout_##n##_read, two, "mov $2, %eax");                       \
+#define SWITCH_BLACKOUT_GROUP(tag, n, flags)                                                     \
+  REPATCH_DECLARE_GROUP(switch_blackout_##tag);                                                  \
+  REPATCH_DECLARE_OP(switch_blackout_##tag##_read, 8);                                           \
+  REPATCH_DEFINE_GROUP(switch_blackout_##tag, flags, "one", "two");                              \
+  REPATCH_DEFINE_OP(switch_blackout_##tag##_read, switch_blackout_##tag, one);                   \
+  REPATCH_INLINE_VARIANT(switch_blackout_##tag##_read, one, "mov $1, %eax");                     \
+  REPATCH_INLINE_VARIANT(switch_blackout_##tag##_read, two, "mov $2, %eax");                     \
   namespace {                                                                                    \
   template <std::size_t I>                                                                       \
-  [[gnu::noinline, gnu::no_icf]] unsigned switch_blackout_##n##_site() {                         \
+  [[gnu::noinline, gnu::no_icf]] unsigned switch_blackout_##tag##_site() {                       \
     unsigned value;                                                                              \
-    REPATCH_SITE(switch_blackout_##n##_read, ("=a"(value)));                                     \
+    REPATCH_SITE(switch_blackout_##tag##_read, ("=a"(value)));                                   \
     return value;                                                                                \
   }                                                                                              \
   template <std::size_t... I>                                                                    \
-  constexpr std::array<SiteFn, sizeof...(I)> switch_blackout_##n##_table(                        \
+  constexpr std::array<SiteFn, sizeof...(I)> switch_blackout_##tag##_table(                      \
       std::index_sequence<I...>) {                                                               \
-    return {&switch_blackout_##n##_site<I>...};                                                  \
+    return {&switch_blackout_##tag##_site<I>...};                                                \
   }                                                                                              \
-  constexpr std::array<SiteFn, n> kSites##n =                                                    \
-      switch_blackout_##n##_table(std::make_index_sequence<n>{});                                \
+  constexpr std::array<SiteFn, n> kSites_##tag =                                                 \
+      switch_blackout_##tag##_table(std::make_index_sequence<n>{});                              \
   }
 // clang-format on
 
-SWITCH_BLACKOUT_GROUP(10)
-SWITCH_BLACKOUT_GROUP(1000)
-SWITCH_BLACKOUT_GROUP(10000)
+SWITCH_BLACKOUT_GROUP(10, 10, repatch::abi::kGroupInterchangeable)
+SWITCH_BLACKOUT_GROUP(1000, 1000, repatch::abi::kGroupInterchangeable)
+SWITCH_BLACKOUT_GROUP(10000, 10000, repatch::abi::kGroupInterchangeable)
+// The busy rows' groups: the same op, but not flagged interchangeable, so that only stop-machine
+// and the stopless writer may switch them (as the spinlock and tlb groups).
+SWITCH_BLACKOUT_GROUP(pair_10, 10, 0)
+SWITCH_BLACKOUT_GROUP(pair_1000, 1000, 0)
 
 namespace {
 
@@ -93,17 +108,20 @@ struct SiteGroup {
   const char* name;
   const SiteFn* sites;
   std::size_t count;
+  bool interchangeable;
 };
 
 constexpr SiteGroup kGroups[] = {
-    {"switch_blackout_10", kSites10.data(), kSites10.size()},
-    {"switch_blackout_1000", kSites1000.data(), kSites1000.size()},
-    {"switch_blackout_10000", kSites10000.data(), kSites10000.size()},
+    {"switch_blackout_10", kSites_10.data(), kSites_10.size(), true},
+    {"switch_blackout_1000", kSites_1000.data(), kSites_1000.size(), true},
+    {"switch_blackout_10000", kSites_10000.data(), kSites_10000.size(), true},
+    {"switch_blackout_pair_10", kSites_pair_10.data(), kSites_pair_10.size(), false},
+    {"switch_blackout_pair_1000", kSites_pair_1000.data(), kSites_pair_1000.size(), false},
 };
 
-const SiteGroup* group_of_size(std::size_t sites) {
+const SiteGroup* group_of_size(std::size_t sites, bool interchangeable = true) {
   for (const SiteGroup& g : kGroups) {
-    if (g.count == sites) return &g;
+    if (g.count == sites && g.interchangeable == interchangeable) return &g;
   }
   return nullptr;
 }
@@ -294,10 +312,375 @@ void rows(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_SwitchBlackout, stop, SwitchWriter::kStopMachine)->Apply(rows);
 BENCHMARK_CAPTURE(BM_SwitchBlackout, batch, SwitchWriter::kBatch)->Apply(rows);
 
+// ---- the busy rows: stop-machine against the stopless writer ------------------------------------
+
+// Non-yielding vCPUs, as a guest that computes without a break: N of them call sites of the group
+// being switched, and kBystanders more run plain computation and never touch it. The groups are
+// the pair_ ones (not interchangeable), switched by stop-machine or by the stopless writer. Each
+// switch is timed by the bench around switch_groups() (the whole call, planning included) beside
+// the engine's blackout, and the vCPUs time themselves: every site call and every gap between two
+// readings of the time-stamp counter longer than kStallNs goes into a per-thread log allocated
+// before the threads start. After the row the logs are matched against the switches' windows:
+//  - wait: a site call of a group vCPU that overlapped a switch and took longer than kStallNs:
+//    under the stopless writer, a call that hit the INT3 fence and finished or waited out the
+//    switch; under stop-machine, a call that an IPI parked (rare: it parks them anywhere);
+//  - stall: per switch, the longest stall of any group vCPU that overlapped it, in a call or not
+//    (under stop-machine, the time parked);
+//  - gap: per switch, the longest stall of a bystander that overlapped it.
+// On 2 cores with 10 to 20 runnable threads, most stalls are the scheduler giving the core to
+// another thread. So each stall is also given net of the run-queue wait its thread accumulated
+// since its previous stall (the second field of /proc/thread-self/schedstat, read right after
+// the stall): what is left is time the thread was on a core but not progressing (in a signal
+// handler, spinning), or asleep (parked on a futex), or stolen by the hypervisor. Figures are net
+// unless called raw.
+constexpr int kBystanders = 2;
+constexpr double kStallNs = 2000;
+constexpr std::size_t kStallLogSize = 16384;
+// Between two switches, as a trigger loop's polling interval would (shorter: rows stay short).
+constexpr auto kBusyPause = std::chrono::milliseconds(2);
+int g_busy_switches = 50;  // --busy_switches=N
+
+double g_tsc_per_ns = 0;
+
+std::uint64_t tsc() {
+  return __rdtsc();
+}
+
+double tsc_us(std::uint64_t ticks) {
+  return static_cast<double>(ticks) / g_tsc_per_ns / 1e3;
+}
+
+// The TSC's rate against steady_clock over 50 ms (the TSC is constant and nonstop on the x86
+// machines this runs on).
+void calibrate_tsc() {
+  const auto c0 = std::chrono::steady_clock::now();
+  const std::uint64_t t0 = tsc();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::uint64_t t1 = tsc();
+  const auto c1 = std::chrono::steady_clock::now();
+  g_tsc_per_ns =
+      static_cast<double>(t1 - t0) /
+      static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(c1 - c0).count());
+}
+
+struct Stall {
+  std::uint64_t begin = 0;  // TSC
+  std::uint64_t end = 0;
+  std::uint64_t queued_ns = 0;  // run-queue wait since the previous stall's reading
+  bool in_call = false;
+};
+
+// One thread's stalls. Sized before the thread starts; written only by its thread, read after it
+// has been joined. record() makes two system calls (pread of schedstat) and never allocates.
+class StallLog {
+ public:
+  StallLog() : stalls_(kStallLogSize) {}
+  ~StallLog() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  StallLog(const StallLog&) = delete;
+  StallLog& operator=(const StallLog&) = delete;
+
+  /// On the owning thread, before its loop.
+  void open() noexcept {
+    fd_ = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    last_queued_ = queued_ns();
+  }
+  void record(std::uint64_t begin, std::uint64_t end, bool in_call) noexcept {
+    const std::uint64_t queued = queued_ns();
+    const std::uint64_t delta = queued >= last_queued_ ? queued - last_queued_ : 0;
+    last_queued_ = queued;
+    if (count_ == stalls_.size()) {
+      ++dropped_;
+      return;
+    }
+    stalls_[count_++] = {begin, end, delta, in_call};
+  }
+  const Stall* begin() const { return stalls_.data(); }
+  const Stall* end() const { return stalls_.data() + count_; }
+  std::uint64_t dropped() const { return dropped_; }
+  bool has_schedstat() const { return fd_ >= 0; }
+
+ private:
+  // schedstat is "<ns on a core> <ns waiting on a run queue> <timeslices>"; 0 without it.
+  std::uint64_t queued_ns() const noexcept {
+    if (fd_ < 0) return 0;
+    char buf[96];
+    const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    const char* p = buf;
+    while (*p != '\0' && *p != ' ')
+      ++p;
+    std::uint64_t value = 0;
+    for (++p; *p >= '0' && *p <= '9'; ++p)
+      value = value * 10 + static_cast<std::uint64_t>(*p - '0');
+    return value;
+  }
+
+  std::vector<Stall> stalls_;
+  std::size_t count_ = 0;
+  std::uint64_t dropped_ = 0;
+  int fd_ = -1;
+  std::uint64_t last_queued_ = 0;
+};
+
+struct BusyData {
+  std::vector<double> wall_us, blackout_us;
+  std::vector<double> wait_us, wait_raw_us;  // per fenced call
+  std::vector<double> stall_us;              // per switch: group vCPUs
+  std::vector<double> gap_us, gap_raw_us;    // per switch: bystanders
+  std::uint64_t retries = 0;
+  std::uint64_t int3 = 0;
+  std::uint64_t dropped = 0;
+  bool schedstat = true;
+  std::uint32_t aborts[repatch::kSwitchAbortCount] = {};
+};
+std::map<RowKey, BusyData> g_busy;
+
+void set_percentiles(benchmark::State& state, const std::string& name, std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  state.counters[name + "_med_us"] = percentile_of_sorted(v, 0.5);
+  state.counters[name + "_p99_us"] = percentile_of_sorted(v, 0.99);
+}
+
+void BM_SwitchBusy(benchmark::State& state, SwitchWriter writer) {
+  const int vcpus = static_cast<int>(state.range(0));
+  const SiteGroup* group = group_of_size(static_cast<std::size_t>(state.range(1)), false);
+  repatch::Engine* engine = repatch::Engine::get();
+  if (group == nullptr || engine == nullptr) {
+    state.SkipWithError("no such site group, or the engine is not booted");
+    return;
+  }
+  const repatch::Result<std::string> initial = engine->current_variant(group->name);
+  if (!initial.ok()) {
+    state.SkipWithError(initial.error().message().c_str());
+    return;
+  }
+  std::string current = initial.value();
+  const auto stall_ticks = static_cast<std::uint64_t>(kStallNs * g_tsc_per_ns);
+
+  // Everything the threads write is allocated here, before they start.
+  std::vector<std::unique_ptr<StallLog>> logs;
+  for (int i = 0; i < vcpus + kBystanders; ++i)
+    logs.push_back(std::make_unique<StallLog>());
+  std::atomic<int> next_caller_log{0};
+  std::atomic<int> next_bystander_log{vcpus};
+  std::atomic<int> opened{0};
+  std::atomic<std::uint64_t> violations{0};
+  std::atomic<unsigned> bad_value{0};
+  struct Window {
+    std::uint64_t begin, end;
+  };
+  std::vector<Window> windows;
+  windows.reserve(static_cast<std::size_t>(state.max_iterations) + 8);
+  std::vector<double> wall_us, blackout_us;
+  wall_us.reserve(windows.capacity());
+  blackout_us.reserve(windows.capacity());
+  BusyData& row = g_busy[{writer, vcpus, group->count}];
+  bool failed = false;
+  {
+    // Callers take logs 0..vcpus-1, bystanders the last kBystanders.
+    auto take_log = [&logs, &opened](std::atomic<int>& next) {
+      StallLog* log = logs[static_cast<std::size_t>(next.fetch_add(1))].get();
+      log->open();
+      opened.fetch_add(1);
+      return log;
+    };
+    const repatch::bench::GuestVcpus callers(
+        vcpus, 0, [&](repatch::sync::Vcpu& vcpu, std::uint64_t iteration) {
+          thread_local StallLog* log = nullptr;
+          thread_local std::uint64_t prev = 0;
+          if (log == nullptr) {
+            log = take_log(next_caller_log);
+            prev = tsc();
+          }
+          std::size_t at = (std::size_t{vcpu.id()} * 104729 + iteration * kStride) % group->count;
+          for (std::size_t k = 0; k < kSitesPerStep; ++k) {
+            std::uint64_t t0 = tsc();
+            if (t0 - prev > stall_ticks) {
+              log->record(prev, t0, false);
+              t0 = tsc();
+            }
+            const unsigned value = group->sites[at]();
+            std::uint64_t t1 = tsc();
+            if (t1 - t0 > stall_ticks) {
+              log->record(t0, t1, true);
+              t1 = tsc();
+            }
+            prev = t1;
+            if (value != kValueOne && value != kValueTwo) {
+              violations.fetch_add(1, std::memory_order_relaxed);
+              bad_value.store(value, std::memory_order_relaxed);
+            }
+            if (++at == group->count) at = 0;
+          }
+          vcpu.quiescent_state();
+        });
+    const repatch::bench::GuestVcpus bystanders(
+        kBystanders, 0, [&](repatch::sync::Vcpu& vcpu, std::uint64_t iteration) {
+          thread_local StallLog* log = nullptr;
+          thread_local std::uint64_t prev = 0;
+          thread_local std::uint64_t x = 1;
+          if (log == nullptr) {
+            log = take_log(next_bystander_log);
+            prev = tsc();
+          }
+          for (int i = 0; i < 64; ++i)
+            x = x * 6364136223846793005u + iteration;
+          benchmark::DoNotOptimize(x);
+          std::uint64_t t = tsc();
+          if (t - prev > stall_ticks) {
+            log->record(prev, t, false);
+            t = tsc();
+          }
+          prev = t;
+          vcpu.quiescent_state();
+        });
+    if (callers.failed() != 0 || bystanders.failed() != 0) {
+      state.SkipWithError("a guest thread could not register as a vCPU");
+      return;
+    }
+    while (opened.load() < vcpus + kBystanders)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+
+    const auto flip = [&](SwitchOutcome& outcome, bool timed) {
+      const std::string next = current == "one" ? "two" : "one";
+      std::this_thread::sleep_for(kBusyPause);
+      const std::uint64_t begin = tsc();
+      outcome = engine->switch_groups({{group->name, next}}, {.writer = writer});
+      const std::uint64_t end = tsc();
+      if (!outcome.committed()) {
+        std::string message = outcome.status.error().message();
+        if (outcome.reason == repatch::SwitchAbort::kAckTimeout) message += signal_queue_note();
+        state.SkipWithError(message.c_str());
+        return false;
+      }
+      current = next;
+      if (timed) {
+        windows.push_back({begin, end});
+        wall_us.push_back(tsc_us(end - begin));
+      }
+      return true;
+    };
+    SwitchOutcome outcome;
+    for (int i = 0; i < kWarmupSwitches && !failed; ++i)
+      failed = !flip(outcome, false);
+    if (!failed) {
+      for (auto _ : state) {
+        if (!flip(outcome, true)) {
+          failed = true;
+          break;
+        }
+        const double blackout = std::chrono::duration<double>(outcome.blackout).count();
+        state.SetIterationTime(blackout);
+        blackout_us.push_back(blackout * 1e6);
+        row.retries += outcome.attempts - 1;
+        for (std::size_t r = 0; r < repatch::kSwitchAbortCount; ++r)
+          row.aborts[r] += outcome.aborts[r];
+        row.int3 += outcome.int3_completions;
+      }
+    }
+  }  // every guest has been joined: the logs are theirs no longer
+
+  if (failed) return;
+  if (const std::uint64_t v = violations.load(); v != 0) {
+    const std::string message = std::to_string(v) + " guest reads returned " +
+                                std::to_string(bad_value.load()) + ", not 1 or 2";
+    state.SkipWithError(message.c_str());
+    return;
+  }
+  const unsigned expected = value_of(current);
+  for (std::size_t i = 0; i < group->count; ++i) {
+    if (const unsigned value = group->sites[i](); value != expected) {
+      const std::string message = "after the run, site " + std::to_string(i) + " returned " +
+                                  std::to_string(value) + " in variant '" + current + "'";
+      state.SkipWithError(message.c_str());
+      return;
+    }
+  }
+
+  // Match every stall with the switches it overlapped (the windows are in time order).
+  std::vector<double> wait_us, wait_raw_us;
+  std::vector<double> stall_us(windows.size(), 0.0);
+  std::vector<double> gap_us(windows.size(), 0.0);
+  std::vector<double> gap_raw_us(windows.size(), 0.0);
+  for (std::size_t l = 0; l < logs.size(); ++l) {
+    const bool bystander = l >= static_cast<std::size_t>(vcpus);
+    row.dropped += logs[l]->dropped();
+    row.schedstat = row.schedstat && logs[l]->has_schedstat();
+    for (const Stall& stall : *logs[l]) {
+      const auto first =
+          std::lower_bound(windows.begin(), windows.end(), stall.begin,
+                           [](const Window& w, std::uint64_t at) { return w.end < at; });
+      const double raw = tsc_us(stall.end - stall.begin);
+      const double net = std::max(0.0, raw - static_cast<double>(stall.queued_ns) / 1e3);
+      bool overlapped = false;
+      for (auto w = first; w != windows.end() && w->begin <= stall.end; ++w) {
+        overlapped = true;
+        const auto i = static_cast<std::size_t>(w - windows.begin());
+        if (bystander) {
+          gap_us[i] = std::max(gap_us[i], net);
+          gap_raw_us[i] = std::max(gap_raw_us[i], raw);
+        } else {
+          stall_us[i] = std::max(stall_us[i], net);
+        }
+      }
+      if (overlapped && !bystander && stall.in_call) {
+        wait_us.push_back(net);
+        wait_raw_us.push_back(raw);
+      }
+    }
+  }
+
+  const auto append = [](std::vector<double>& to, const std::vector<double>& from) {
+    to.insert(to.end(), from.begin(), from.end());
+  };
+  append(row.wall_us, wall_us);
+  append(row.blackout_us, blackout_us);
+  append(row.wait_us, wait_us);
+  append(row.wait_raw_us, wait_raw_us);
+  append(row.stall_us, stall_us);
+  append(row.gap_us, gap_us);
+  append(row.gap_raw_us, gap_raw_us);
+  std::vector<double> sorted = blackout_us;
+  std::sort(sorted.begin(), sorted.end());
+  state.counters["med_us"] = percentile_of_sorted(sorted, 0.5);
+  state.counters["p99_us"] = percentile_of_sorted(sorted, 0.99);
+  state.counters["max_us"] = sorted.empty() ? 0.0 : sorted.back();
+  set_percentiles(state, "wall", wall_us);
+  set_percentiles(state, "wait", wait_us);
+  set_percentiles(state, "wait_raw", wait_raw_us);
+  set_percentiles(state, "stall", stall_us);
+  set_percentiles(state, "gap", gap_us);
+  set_percentiles(state, "gap_raw", gap_raw_us);
+  state.counters["waits"] = static_cast<double>(wait_us.size());
+  state.counters["retries"] = static_cast<double>(row.retries);
+  state.counters["int3"] = static_cast<double>(row.int3);
+}
+
+void busy_rows(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"vcpus", "sites"})
+      ->ArgsProduct({{2, 4, 8, 16}, {10, 1000}})
+      ->Iterations(g_busy_switches)
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+
+// After the option is read: the number of switches of a busy row is a registration property.
+void register_busy_rows() {
+  busy_rows(benchmark::RegisterBenchmark("BM_SwitchBusy/stop", &BM_SwitchBusy,
+                                         SwitchWriter::kStopMachine));
+  busy_rows(benchmark::RegisterBenchmark("BM_SwitchBusy/stopless", &BM_SwitchBusy,
+                                         SwitchWriter::kStopless));
+}
+
 // ---- the summary --------------------------------------------------------------------------------
 
 const char* writer_label(SwitchWriter writer) {
-  return writer == SwitchWriter::kBatch ? "batch" : "stop";
+  return writer == SwitchWriter::kBatch      ? "batch"
+         : writer == SwitchWriter::kStopless ? "stopless"
+                                             : "stop";
 }
 
 const char* verdict(bool met) {
@@ -316,6 +699,8 @@ std::string targets(const RowKey& key, double median_us, double p99_us) {
   }
   return out;
 }
+
+void print_busy_summary(std::FILE* out);
 
 void print_summary(std::FILE* out) {
   std::fprintf(out,
@@ -358,6 +743,93 @@ void print_summary(std::FILE* out) {
     std::fprintf(out, "%-6s %6d %10.1f  %s\n", writer_label(key.first), key.second, ns,
                  verdict(ns <= 20.0));
   }
+  print_busy_summary(out);
+}
+
+struct Quantiles {
+  double p50 = 0, p99 = 0;
+  std::size_t n = 0;
+};
+Quantiles quantiles(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {percentile_of_sorted(v, 0.5), percentile_of_sorted(v, 0.99), v.size()};
+}
+
+std::string ratio_text(double a, double b) {
+  if (b <= 0) return "-";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g", a / b);
+  return text;
+}
+
+void print_busy_summary(std::FILE* out) {
+  if (g_busy.empty()) return;
+  std::fprintf(out,
+               "\nswitch_blackout, busy vCPUs (no yield) + %d bystanders on the cores, groups not "
+               "interchangeable: p50 / p99 in us\n"
+               "  wall: switch_groups() timed around the call; blackout: the engine's; wait: a "
+               "site call of the group that overlapped a switch (n calls); stall: per switch, "
+               "the longest stall of a vCPU calling the group; gap: per switch, the longest "
+               "stall of a bystander (raw: with its run-queue wait)\n",
+               kBystanders);
+  std::fprintf(out, "%-8s %5s %5s %4s %17s %15s %5s %15s %17s %17s %15s  %s\n", "writer", "vcpus",
+               "sites", "n", "wall", "blackout", "waits", "wait", "stall", "gap", "gap raw",
+               "target");
+  for (const auto& [key, d] : g_busy) {
+    if (d.wall_us.empty()) {
+      std::fprintf(out, "%-8s %5d %5zu  failed (see its error above)\n", writer_label(key.writer),
+                   key.vcpus, key.sites);
+      continue;
+    }
+    const Quantiles wall = quantiles(d.wall_us), blackout = quantiles(d.blackout_us),
+                    wait = quantiles(d.wait_us), stall = quantiles(d.stall_us),
+                    gap = quantiles(d.gap_us), gap_raw = quantiles(d.gap_raw_us);
+    std::string target;
+    if (key.writer == SwitchWriter::kStopless && key.vcpus == 16) {
+      target = std::string("wall p99 <= 1 ms: ") + verdict(wall.p99 <= 1000.0) +
+               ", wait p99 <= 200 us: " + verdict(wait.p99 <= 200.0);
+    }
+    std::fprintf(out,
+                 "%-8s %5d %5zu %4zu %8.1f/%8.1f %7.1f/%7.1f %5zu %7.1f/%7.1f %8.1f/%8.1f "
+                 "%8.1f/%8.1f %7.0f/%7.0f  %s\n",
+                 writer_label(key.writer), key.vcpus, key.sites, wall.n, wall.p50, wall.p99,
+                 blackout.p50, blackout.p99, wait.n, wait.p50, wait.p99, stall.p50, stall.p99,
+                 gap.p50, gap.p99, gap_raw.p50, gap_raw.p99, target.c_str());
+    if (d.retries != 0) {
+      std::fprintf(out, "%26s retries %llu:", "", static_cast<unsigned long long>(d.retries));
+      for (std::size_t r = 1; r < repatch::kSwitchAbortCount; ++r) {
+        if (d.aborts[r] != 0) {
+          std::fprintf(out, " %s %u",
+                       repatch::switch_abort_name(static_cast<repatch::SwitchAbort>(r)),
+                       d.aborts[r]);
+        }
+      }
+      std::fprintf(out, "\n");
+    }
+    if (d.dropped != 0) {
+      std::fprintf(out, "%26s %llu stalls not logged (a log was full)\n", "",
+                   static_cast<unsigned long long>(d.dropped));
+    }
+    if (!d.schedstat) {
+      std::fprintf(out, "%26s no /proc/thread-self/schedstat: net figures are raw\n", "");
+    }
+  }
+  std::fprintf(out, "\nstopless / stop, same vcpus and sites (p99; p50 in brackets)\n");
+  std::fprintf(out, "%5s %5s %17s %17s %17s\n", "vcpus", "sites", "wall", "stall", "gap");
+  for (const auto& [key, stopless] : g_busy) {
+    if (key.writer != SwitchWriter::kStopless || stopless.wall_us.empty()) continue;
+    const auto stop = g_busy.find({SwitchWriter::kStopMachine, key.vcpus, key.sites});
+    if (stop == g_busy.end() || stop->second.wall_us.empty()) continue;
+    const auto cell = [](const std::vector<double>& a, const std::vector<double>& b) {
+      const Quantiles qa = quantiles(a), qb = quantiles(b);
+      return ratio_text(qa.p99, qb.p99) + " (" + ratio_text(qa.p50, qb.p50) + ")";
+    };
+    std::fprintf(out, "%5d %5zu %17s %17s %17s\n", key.vcpus, key.sites,
+                 cell(stopless.wall_us, stop->second.wall_us).c_str(),
+                 cell(stopless.stall_us, stop->second.stall_us).c_str(),
+                 cell(stopless.gap_us, stop->second.gap_us).c_str());
+  }
+  std::fprintf(out, "TSC: %.4f ticks per ns\n", g_tsc_per_ns);
 }
 
 // Boot needs a single-threaded process, and every site must be where the tables say it is: a
@@ -373,12 +845,15 @@ bool boot_and_check() {
   for (const SiteGroup& g : kGroups) {
     const auto it = std::find_if(status.groups.begin(), status.groups.end(),
                                  [&g](const repatch::GroupStatus& s) { return s.name == g.name; });
-    if (it == status.groups.end() || it->sites != g.count || !it->interchangeable) {
-      std::fprintf(stderr,
-                   "switch_blackout: group %s has %zu sites%s, expected %zu, interchangeable\n",
-                   g.name, it == status.groups.end() ? 0 : it->sites,
-                   it != status.groups.end() && it->interchangeable ? "" : " (not interchangeable)",
-                   g.count);
+    if (it == status.groups.end() || it->sites != g.count ||
+        it->interchangeable != g.interchangeable) {
+      const char* flag = g.interchangeable ? "interchangeable" : "not interchangeable";
+      std::fprintf(stderr, "switch_blackout: group %s has %zu sites%s, expected %zu, %s\n", g.name,
+                   it == status.groups.end() ? 0 : it->sites,
+                   it != status.groups.end() && it->interchangeable == g.interchangeable
+                       ? ""
+                       : " (the flag differs)",
+                   g.count, flag);
       ok = false;
       continue;
     }
@@ -399,5 +874,25 @@ bool boot_and_check() {
 int main(int argc, char** argv) {
   // Before benchmark::Initialize and before any thread exists.
   if (!boot_and_check()) return 1;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg.starts_with("--busy_switches=")) {
+      const std::string value(arg.substr(arg.find('=') + 1));
+      char* end = nullptr;
+      const long n = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || n < 1 || n > 100000) {
+        std::fprintf(stderr, "switch_blackout: --busy_switches must be 1 to 100000, got '%s'\n",
+                     value.c_str());
+        return 1;
+      }
+      g_busy_switches = static_cast<int>(n);
+      continue;
+    }
+    argv[kept++] = argv[i];
+  }
+  argc = kept;
+  calibrate_tsc();
+  register_busy_rows();
   return repatch::bench::run_benchmarks(argc, argv, &print_summary);
 }
