@@ -64,6 +64,11 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
       // fenced it finished between our trap and this load).
       return *first == x86::kInt3 ? Verdict::kNotOurs : Verdict::kResumeAtSite;
     }
+    // Published but not yet open: the primary is still waiting for executors of the previous
+    // attempt to leave, so the trap that brought us here was that attempt's (handled late), and
+    // this one has written nothing. Acting on it now could race with a late executor of the
+    // previous one; run the site again instead (it traps again only once this one has fenced).
+    if (!transaction->open()) return Verdict::kResumeAtSite;
     const sync::Vcpu* self = sync::Vcpu::current();
     const bool in_nmi =
         self != nullptr && sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);

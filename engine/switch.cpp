@@ -68,7 +68,9 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
   // round of the stop.
   int run(sync::StopContext& /*context*/) noexcept override {
     if (!transaction_.sites_hold_old()) return kReasonForeign;
+    transaction_.announce();
     engine::publish_and_drain(&transaction_);
+    transaction_.open_to_executors();
     published_ = true;
     test::inject(test::Point::kStopped, 0);
     const engine::Direction direction = engine::run_switch_protocol(transaction_, *this);
@@ -117,7 +119,9 @@ class StoplessPrimary final : public engine::Executor {
 // write to the last serialise.
 engine::Direction write_without_stop(engine::Transaction& attempt,
                                      std::chrono::nanoseconds* written) {
+  attempt.announce();
   engine::publish_and_drain(&attempt);
+  attempt.open_to_executors();
   const auto start = Clock::now();
   test::inject(test::Point::kStopped, 0);
   StoplessPrimary primary;

@@ -4,7 +4,8 @@
 // handler. From then on, whoever executes it runs these steps, in this order:
 //
 //   first step:   fence     - each site's first byte goes from its old value to INT3 (the primary
-//                             has announced the switch to op bodies just before: group_phase.h);
+//                             announced the switch to op bodies before it published the attempt:
+//                             group_phase.h);
 //   second step:  serialise - every CPU that may run a site stops running its old bytes;
 //   third step:   decide    - one compare-and-swap of the attempt's direction: forward when nobody
 //                             is inside an op of the groups (quiescence, established the executor's

@@ -115,8 +115,8 @@ bool Transaction::wait_until_no_vcpu_in_op() noexcept {
     const std::uint16_t busy = vcpu_in_op();
     if (busy == sync::kMaxVcpus) return true;
     if (direction() != Direction::kUndecided) return false;
-    // Relaxed: the primary stores it before its first INT3, and an executor gets here only after
-    // trapping on one (or after its own fence, on the primary's thread).
+    // Relaxed: the primary stores it before it publishes the attempt (seq_cst), and an executor
+    // found the attempt through the published pointer.
     const std::int64_t fenced_at = fenced_at_ns_.load(std::memory_order_relaxed);
     if (fenced_at != 0 && steady_ns() - fenced_at >= in_op_deadline_.count() &&
         !test::disabled(test::Handler::kInOpDeadline)) {
@@ -138,14 +138,16 @@ bool Transaction::swap_byte(std::uintptr_t address, std::uint8_t expected,
   return x86::compare_exchange_code_byte(address + alias_delta_, expected, desired);
 }
 
+void Transaction::announce() noexcept {
+  fenced_at_ns_.store(steady_ns(), std::memory_order_relaxed);
+  // Before the attempt is published: an executor can find it only after this (a thread whose
+  // trap on the previous attempt is handled late included), so every executor's in-op scan comes
+  // after the announcement (group_phase.h has the Dekker pair).
+  for (const TrackedGroup& t : tracked_)
+    announce_group_switch(t.group);
+}
+
 void Transaction::fence(bool primary) noexcept {
-  if (primary) {
-    fenced_at_ns_.store(steady_ns(), std::memory_order_relaxed);
-    // Before the first INT3: every executor traps on one of them after this, so its in-op scan
-    // comes after the announcement too (group_phase.h has the Dekker pair).
-    for (const TrackedGroup& t : tracked_)
-      announce_group_switch(t.group);
-  }
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     swap_byte(site.address, site.from.bytes[0], x86::kInt3);

@@ -107,8 +107,17 @@ class Transaction {
     return refusal_ready_.load(std::memory_order_acquire) ? refusal_ : "";
   }
 
-  // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points and,
-  // in fence(), the announcement that only the primary makes. ----
+  /// The primary's alone, once publish_and_drain() has returned: from then on executors may act on
+  /// the attempt (before, the #BP handler resumes at the site instead). Async-signal-safe.
+  void open_to_executors() noexcept { open_.store(true, std::memory_order_release); }
+  /// Whether open_to_executors() has been called. Async-signal-safe.
+  bool open() const noexcept { return open_.load(std::memory_order_acquire); }
+
+  /// The primary's alone, before publish_and_drain(): announces the switch in every tracked
+  /// group's phase word and starts the in-op deadline's clock. Async-signal-safe.
+  void announce() noexcept;
+
+  // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
   void fence(bool primary) noexcept;
   /// Moves `direction` from undecided to `wish`; returns the direction that won.
   Direction decide(Direction wish) noexcept;
@@ -139,10 +148,12 @@ class Transaction {
   SwitchWriter writer_;
   std::vector<StateChange> states_;
   std::chrono::nanoseconds in_op_deadline_;
-  // When the primary's fence began (steady clock), for the in-op deadline; 0 before.
+  // When the primary announced the attempt (steady clock), for the in-op deadline; 0 before.
   std::atomic<std::int64_t> fenced_at_ns_{0};
   std::atomic<std::uint16_t> in_op_culprit_;
   std::atomic<Direction> direction_{Direction::kUndecided};
+  // Release/acquire: an executor that sees it open sees the previous attempt's executors gone.
+  std::atomic<bool> open_{false};
   // The first executor whose can_convert refused claims the buffer, writes its text, then sets
   // refusal_ready_.
   std::atomic<bool> refusal_claimed_{false};
