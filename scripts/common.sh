@@ -12,6 +12,7 @@ REPATCH_PACKAGES=(
   valgrind
   python3 gnuplot-nox  # bench/run-all: the tables (bench/report.py) and the plots
   clang libclang-rt-14-dev  # libFuzzer for scripts/fuzz
+  spin  # model/check: the switch protocol's Promela model
 )
 
 repatch_install_missing() {
