@@ -111,6 +111,10 @@ class Switcher {
   SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options);
   Engine* engine_;
   std::mutex switch_mutex_;  // one switch at a time, its after-commit checks included
+  // make() callers waiting for switch_mutex_. std::mutex is not fair, and a switcher that runs
+  // behind its rate takes the mutex again the moment it lets it go, so the thread steps aside
+  // while this is nonzero: without that, a microcode update's switch waited for the whole run.
+  std::atomic<std::uint32_t> outside_waiters_{0};
   std::unique_ptr<SwitchDecider> decider_;
   std::function<void(const SwitchRequest&)> after_commit_;
   SwitchWriter writer_;
