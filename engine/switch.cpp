@@ -29,6 +29,7 @@
 #include "engine/site_image.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
+#include "sync/realtime.h"
 #include "sync/stop_machine.h"
 #include "sync/sync_cores.h"
 
@@ -378,6 +379,9 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   Impl& impl = *impl_;
   keep_forks_out_of_switches(impl.switch_mutex);
   std::lock_guard<std::mutex> one_switch_at_a_time(impl.switch_mutex);
+  // After the mutex: a thread waiting for another switch to end waits as an ordinary one.
+  const sync::RealtimeSection keep_the_cpu(options.realtime);
+  outcome.realtime = keep_the_cpu.granted();
 
   Result<Plan> planned = plan_switch(impl, choices);
   if (!planned.ok()) return refuse(planned.error());

@@ -1,13 +1,12 @@
 #include "engine/transaction.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "arch/x86/code_store.h"
 #include "base/test_hooks.h"
 #include "engine/group_phase.h"
+#include "sync/realtime.h"
 #include "sync/vcpu.h"
 
 namespace repatch::engine {
@@ -124,7 +123,7 @@ bool Transaction::wait_until_no_vcpu_in_op() noexcept {
       return false;
     }
     // The vCPU inside the op needs a CPU to leave it; with more vCPUs than CPUs it may be ours.
-    sched_yield();
+    sync::relax();
   }
 }
 
@@ -224,7 +223,7 @@ void publish_and_drain(Transaction* transaction) noexcept {
 
 void drain_executors() noexcept {
   while (detail::g_executors_inside.load(std::memory_order_seq_cst) != 0)
-    sched_yield();
+    sync::relax();
 }
 
 }  // namespace repatch::engine

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "arch/x86/sync_core.h"
+#include "sync/realtime.h"
 #include "sync/vcpu.h"
 
 namespace repatch::sync {
@@ -21,6 +22,10 @@ long membarrier(int command) {
 }
 
 std::atomic<bool> g_registered{false};
+
+// Pause-loop iterations wait_for_nmis_in_flight spends on one handler before it relaxes (about
+// 10-40 us): an NMI handler is short, unless its thread waits for this CPU.
+constexpr std::uint32_t kSpinsBeforeRelax = 256;
 
 }  // namespace
 
@@ -58,10 +63,16 @@ bool wait_for_nmis_in_flight(std::chrono::nanoseconds deadline) noexcept {
     // An NMI raises `nmis`, then sets in_nmi (seq_cst, sync/signals.cpp); either a changed count
     // or in_nmi false means the NMI seen here has returned.
     const std::uint64_t began = s.nmis.load(std::memory_order_seq_cst);
-    while (s.in_nmi.load(std::memory_order_seq_cst) &&
-           s.nmis.load(std::memory_order_seq_cst) == began) {
+    for (std::uint32_t spins = 0; s.in_nmi.load(std::memory_order_seq_cst) &&
+                                  s.nmis.load(std::memory_order_seq_cst) == began;
+         ++spins) {
       if (std::chrono::steady_clock::now() >= until) return false;
-      __builtin_ia32_pause();
+      // A short spin, then let the handler's thread have this CPU: it may be queued on it.
+      if (spins < kSpinsBeforeRelax) {
+        __builtin_ia32_pause();
+      } else {
+        relax();
+      }
     }
   }
   return true;

@@ -124,6 +124,13 @@ struct SwitchOptions {
   /// switched groups to leave it, before it takes the fence back (vCPUs that reach a fenced site
   /// meanwhile wait too, so keep it short).
   std::chrono::nanoseconds in_op_deadline = std::chrono::milliseconds(2);
+  /// Run the call SCHED_FIFO (the lowest real-time priority), as a kernel patches with preemption
+  /// off, where the process may (CAP_SYS_NICE or RLIMIT_RTPRIO); the thread's policy is restored
+  /// before the call returns. With more runnable threads than CPUs, an ordinary thread loses its
+  /// CPU between two steps for a scheduler round while the fence is up and vCPUs that reach it
+  /// wait (docs/switching.md has the figures). Its waits for other threads sleep instead of
+  /// yielding, so that they get this CPU.
+  bool realtime = true;
 };
 
 /// Why an attempt (or the switch) did not commit.
@@ -176,6 +183,8 @@ struct SwitchOutcome {
   /// context (int3) and inside an NMI handler (nmi).
   std::uint64_t int3_completions = 0;
   std::uint64_t nmi_completions = 0;
+  /// Whether the call ran real-time (SwitchOptions::realtime, and the process was allowed to).
+  bool realtime = false;
 };
 
 class Engine {

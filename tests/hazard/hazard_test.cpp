@@ -21,6 +21,7 @@
 #include "base/test_hooks.h"
 #include "repatch/engine.h"
 #include "repatch/in_op.h"
+#include "sync/realtime.h"
 #include "sync/stop_machine.h"
 #include "sync/vcpu.h"
 #include "tests/hazard/hazard_guest.h"
@@ -46,12 +47,14 @@ void spin_for(std::chrono::nanoseconds duration) {
     __builtin_ia32_pause();
 }
 
+// Waits for other threads. The switch primary runs real-time (SwitchOptions::realtime), so an
+// injection that waits on it must let the threads it waits for have its CPU: sync::relax().
 template <typename Predicate>
 bool spin_until(Predicate done, std::chrono::nanoseconds limit) {
   const auto until = Clock::now() + limit;
   while (!done()) {
     if (Clock::now() >= until) return false;
-    __builtin_ia32_pause();
+    sync::relax();
   }
   return true;
 }
