@@ -7,7 +7,10 @@
 # an include root in the build tree, holding links to its own folders and to the public headers
 # (include/repatch/) that it implements, and a target of a layer sees only its own root and those
 # of the layers it depends on. A lower layer's `#include "engine/..."` therefore fails to compile:
-# the header is not on its path. tests/layers checks that it does.
+# the header is not on its path. tests/layers checks that it does. A lower layer's internal
+# headers are visible too, not only the public ones: the stress harness is a white-box checker
+# (stress/watchdog.cpp names the code a stuck vCPU is in with engine/symbolizer.h), which the order
+# allows since the engine lies below it.
 #
 # repatch_layer(<name> FOLDERS <folder>... [PUBLIC_HEADERS <header>...] [DEPENDS <layer>...])
 #
