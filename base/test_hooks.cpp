@@ -8,6 +8,7 @@
 
 namespace repatch::test {
 
+#ifdef REPATCH_TEST_HOOKS
 const char* handler_name(Handler handler) {
   switch (handler) {
     case Handler::kStop:
@@ -42,7 +43,6 @@ const char* handler_name(Handler handler) {
   return "unknown";
 }
 
-#ifdef REPATCH_TEST_HOOKS
 namespace {
 
 // Parsed before main(): a misspelt name must stop the test run, not quietly test nothing.

@@ -4,7 +4,8 @@
 // handler only if the same test fails with the handler off, so builds with REPATCH_TEST_HOOKS
 // read REPATCH_TEST_DISABLE=<name>[,<name>...] once, before main(), and the engine asks
 // `disabled()` at each handler. Builds without REPATCH_TEST_HOOKS compile every check to false and
-// have no injection points.
+// have no injection points. Only the library and command built for the tests (repatch_hooked,
+// repatch-hooked) define it; what is installed never does (tests/no_test_hooks.sh checks).
 //
 // Injection points let a test act at an exact step of the protocol (stop the primary after the
 // fence, send an NMI to the primary between two writes), so that each hazard is reproducible.
@@ -34,10 +35,10 @@ enum class Handler : std::uint8_t {
   kCount,
 };
 
+#ifdef REPATCH_TEST_HOOKS
 /// "stop", "int3_completion", ... as REPATCH_TEST_DISABLE spells them.
 const char* handler_name(Handler handler);
 
-#ifdef REPATCH_TEST_HOOKS
 /// Whether REPATCH_TEST_DISABLE named `handler`. Async-signal-safe (one relaxed load).
 bool disabled(Handler handler) noexcept;
 #else

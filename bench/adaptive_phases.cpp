@@ -21,7 +21,7 @@
 // The shared counter must equal the sum of the per-vCPU counts at the end, else the run fails.
 //
 // The adaptive contender starts in native with a TriggerLoop polling the simulated hint source
-// (the hypervisor's steal time, trigger/simulated_source.h) every 50 ms over the 16 vCPUs. One
+// (the hypervisor's steal time, guest/simulated_source.h) every 50 ms over the 16 vCPUs. One
 // preemption at a time over 16 vCPUs gives 2-3% steal here, and exactly 0 when dedicated, so the
 // policy enters oversubscribed at 0.3% and leaves at 0.1%, with a 300 ms minimum dwell: the config
 // of a host whose steal is known to be nil when dedicated. A 50 ms window of the oversubscribed
@@ -64,11 +64,11 @@
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
 #include "guest/machine.h"
+#include "guest/simulated_source.h"
 #include "guest/spinlock.h"
 #include "repatch/engine.h"
 #include "repatch/triggers.h"
 #include "sync/vcpu.h"
-#include "trigger/simulated_source.h"
 
 namespace {
 

@@ -2,8 +2,9 @@
 # Usage: ci_scenarios.sh REPATCH_BINARY
 # The stress harness in CI (scripts/test runs it): the 10-second scenario, a short scenario for
 # each hazard family, and proof that the harness's checks can fail: runs with a hazard handler
-# switched off (REPATCH_TEST_DISABLE, honoured by builds with REPATCH_TEST_HOOKS, as test builds
-# are) must end with violations and exit status 1.
+# switched off (REPATCH_TEST_DISABLE) must end with violations and exit status 1. Only the command
+# built with the test hooks honours REPATCH_TEST_DISABLE: pass build/tools/repatch-hooked, not the
+# installed `repatch`.
 set -u
 repatch=$1
 failures=0

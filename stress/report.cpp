@@ -5,7 +5,7 @@
 #include <cstdarg>
 #include <cstdio>
 
-#include "tools/json.h"
+#include "base/json.h"
 
 namespace repatch::stress {
 namespace {
@@ -46,7 +46,7 @@ std::string by_reason(const std::uint64_t (&counts)[kSwitchAbortCount]) {
 }
 
 // Every reason but kNone as JSON members, in SwitchAbort's order.
-void reasons_json(tools::JsonWriter& j, const std::uint64_t (&counts)[kSwitchAbortCount]) {
+void reasons_json(text::JsonWriter& j, const std::uint64_t (&counts)[kSwitchAbortCount]) {
   j.begin_object();
   for (std::size_t i = 0; i < kSwitchAbortCount; ++i) {
     if (i == static_cast<std::size_t>(SwitchAbort::kNone)) continue;
@@ -252,7 +252,7 @@ std::string render_text(const Report& r) {
 
 std::string render_json(const Report& r) {
   const Scenario& s = r.scenario;
-  tools::JsonWriter j;
+  text::JsonWriter j;
   j.begin_object();
   j.key("result").value(r.exit_status() == 0 ? "pass" : "fail");
   j.key("scenario").begin_object();

@@ -9,6 +9,7 @@
 
 #include "guest/hypervisor.h"
 #include "guest/machine.h"
+#include "guest/simulated_source.h"
 #include "guest/spinlock.h"
 #include "guest/tlb_cpu.h"
 #include "guest/tlb_group_state.h"
@@ -22,7 +23,6 @@
 #include "stress/trigger_decider.h"
 #include "stress/watchdog.h"
 #include "stress/workload.h"
-#include "trigger/simulated_source.h"
 
 namespace repatch::stress {
 namespace {

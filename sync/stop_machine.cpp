@@ -52,6 +52,11 @@ struct Control {
   std::atomic<std::uint32_t> ack_epoch{0};
   /// Which vCPUs this stop targets. Set before the first IPI, cleared after the last release.
   std::atomic<bool> targeted[kMaxVcpus]{};
+  /// Per vCPU, the last round it acknowledged: written by the vCPU in its IPI handler, read by the
+  /// primary. Indexed by VcpuId and kept across stops; a newly claimed slot's goes back to 0
+  /// (forget_last_ack), a round never used, so that the previous owner's last acknowledgement
+  /// cannot be taken for the new owner's.
+  std::atomic<std::uint32_t> last_ack[kMaxVcpus]{};
   /// The first busy report of this stop.
   std::atomic<int> busy_reason{0};
   std::atomic<VcpuId> busy_vcpu{0};
@@ -87,9 +92,9 @@ thread_local bool t_in_stop = false;
 // ---- the parked side (signal context: async-signal-safe only) ---------------------------------
 
 void acknowledge(VcpuId self, std::uint32_t round) {
-  // Release pairs with the primary's acquire load of stop_ack in StopMachine::all_acknowledged:
+  // Release pairs with the primary's acquire load of last_ack in StopMachine::all_acknowledged:
   // what this vCPU did for the round (its sync_core, its busy report) is visible with the ack.
-  slot(self).stop_ack.store(round, std::memory_order_release);
+  g_control.last_ack[self].store(round, std::memory_order_release);
   g_control.ack_epoch.fetch_add(1, std::memory_order_release);
   futex(&g_control.ack_epoch, FUTEX_WAKE_PRIVATE, 1, nullptr);
 }
@@ -132,7 +137,7 @@ void on_ipi(VcpuId self, void* ucontext) {
   // chosen and now waits at the online gate) must not join: the primary does not wait for it.
   if (state_of(word) != StopState::kStopping ||
       !g_control.targeted[self].load(std::memory_order_acquire) ||
-      slot(self).stop_ack.load(std::memory_order_relaxed) == round_of(word)) {
+      g_control.last_ack[self].load(std::memory_order_relaxed) == round_of(word)) {
     return;
   }
   StopWork* work = g_control.work.load(std::memory_order_acquire);
@@ -178,11 +183,18 @@ void online_gate(VcpuId) {
   }
 }
 
+// A thread claiming a slot starts with no acknowledgement (see Control::last_ack). Relaxed, as
+// the claim hook contract allows: the vCPU is published online after this.
+void forget_last_ack(VcpuId self) {
+  g_control.last_ack[self].store(0, std::memory_order_relaxed);
+}
+
 // Installed before main(), so before any vCPU exists (vcpu.h asks for that): a vCPU that came
 // online during the first stop would otherwise miss the gate.
 [[maybe_unused]] const bool g_hooks_installed = [] {
   set_ipi_handler(&on_ipi);
   set_online_gate(&online_gate);
+  add_claim_hook(&forget_last_ack);
   return true;
 }();
 
@@ -215,7 +227,7 @@ struct StopMachine {
     const bool stopping = round == first;
     for (VcpuId id = 0; id < slot_limit(); ++id) {
       if (!g_control.targeted[id].load(std::memory_order_relaxed)) continue;
-      const std::uint32_t ack = slot(id).stop_ack.load(std::memory_order_acquire);
+      const std::uint32_t ack = g_control.last_ack[id].load(std::memory_order_acquire);
       // Rounds are 24-bit and wrap: compare distances from the stopping round, not values.
       const bool parked = ((ack - first) & kRoundMask) <= ((round - first) & kRoundMask);
       if (stopping && ack != round) {
@@ -252,7 +264,7 @@ struct StopMachine {
   static VcpuId laggard(std::uint32_t round) {
     for (VcpuId id = 0; id < slot_limit(); ++id) {
       if (g_control.targeted[id].load(std::memory_order_relaxed) &&
-          slot(id).stop_ack.load(std::memory_order_relaxed) != round) {
+          g_control.last_ack[id].load(std::memory_order_relaxed) != round) {
         return id;
       }
     }

@@ -34,6 +34,11 @@ detail::AltStack g_alt_stacks[kMaxVcpus];
 // prepared before it was set, is visible to a vCPU that loads the pointer.
 std::atomic<OnlineGate> g_online_gate{nullptr};
 
+// Added once each by the layers above before vCPUs exist; the count is released after the hook is
+// stored, so a claimer that loads the count (acquire) sees every hook below it.
+std::atomic<ClaimHook> g_claim_hooks[kMaxClaimHooks]{};
+std::atomic<std::size_t> g_claim_hook_count{0};
+
 // Initial-exec: reading it is one %fs-relative load with no call to __tls_get_addr (which may
 // allocate), so handlers may read it. It is trivially initialised, so there is no TLS wrapper
 // either. (This assumes the library is linked into the executable or a library loaded at start,
@@ -149,6 +154,15 @@ void set_online_gate(OnlineGate gate) {
   g_online_gate.store(gate, std::memory_order_release);
 }
 
+void add_claim_hook(ClaimHook hook) {
+  const std::size_t index = g_claim_hook_count.load(std::memory_order_relaxed);
+  if (index >= kMaxClaimHooks) {
+    die("repatch: more than kMaxClaimHooks per-vCPU state resets were added; raise the limit\n");
+  }
+  g_claim_hooks[index].store(hook, std::memory_order_relaxed);
+  g_claim_hook_count.store(index + 1, std::memory_order_release);
+}
+
 Vcpu::Vcpu(VcpuId id) : id_(id) {}
 
 Vcpu* Vcpu::current() {
@@ -188,10 +202,12 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
 
   VcpuSlot& s = g_slots[id];
   // The previous owner's state stays readable after it leaves (for reports) until the slot is
-  // claimed again, so the new owner resets it. Relaxed: nobody acts on a slot that is not online.
-  // stop_ack goes back to 0, a round stop-machine never uses, so that the previous owner's last
-  // acknowledgement cannot be taken for this owner's.
-  s.stop_ack.store(0, std::memory_order_relaxed);
+  // claimed again, so the new owner resets it, and the layers above reset theirs (claim hooks).
+  // Relaxed: nobody acts on a slot that is not online, and `online` is published later.
+  const std::size_t hooks = g_claim_hook_count.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < hooks; ++i) {
+    g_claim_hooks[i].load(std::memory_order_relaxed)(id);
+  }
   s.online.store(false, std::memory_order_relaxed);
   s.preempted.store(false, std::memory_order_relaxed);
   s.in_nmi.store(false, std::memory_order_relaxed);

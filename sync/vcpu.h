@@ -49,9 +49,6 @@ struct alignas(64) VcpuSlot {
   /// Per group: how many ops of that group this vCPU is inside (the analogue of preempt_count for
   /// the switch: a vCPU inside an op of a group being switched is not quiescent for it).
   std::atomic<std::uint8_t> in_op[kMaxTrackedGroups]{};
-  /// The last stop-machine step this vCPU acknowledged (written by the vCPU in its IPI handler,
-  /// read by the stop-machine primary).
-  std::atomic<std::uint32_t> stop_ack{0};
   /// An IPI / NMI was sent and its handler has not started yet. A send while one is pending is
   /// merged into it (as a CPU latches one pending NMI), so a vCPU whose IPIs stay blocked never
   /// fills the process's queue of real-time signals, which the kernel bounds per user
@@ -153,6 +150,15 @@ int send_nmi(VcpuId id);
 /// waits for this vCPU. Set once, before vCPUs exist. nullptr = no gate.
 using OnlineGate = void (*)(VcpuId self);
 void set_online_gate(OnlineGate gate);
+
+/// What a layer that keeps per-vCPU state of its own (in its own table, indexed by VcpuId) runs
+/// when a thread claims slot `self` in Vcpu::enter(): it resets what the slot's previous owner left
+/// there. Called in normal context, after the claim and before the vCPU is published online, so a
+/// reader that sees the vCPU online (seq_cst or acquire) also sees the reset, even a relaxed one.
+/// Added before vCPUs exist; at most kMaxClaimHooks, run in the order added.
+using ClaimHook = void (*)(VcpuId self);
+inline constexpr std::size_t kMaxClaimHooks = 4;
+void add_claim_hook(ClaimHook hook);
 
 }  // namespace repatch::sync
 

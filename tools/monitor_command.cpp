@@ -8,8 +8,8 @@
 #include <thread>
 #include <utility>
 
+#include "base/json.h"
 #include "repatch/triggers.h"
-#include "tools/json.h"
 #include "trigger/text_fields.h"
 
 namespace repatch::tools {
@@ -205,7 +205,7 @@ std::string hints_text(const triggers::HypervisorHints& h) {
          "; KVM_HINTS_REALTIME: " + (h.realtime ? "yes" : "no");
 }
 
-void json_reading(JsonWriter& j, const HintReading& r) {
+void json_reading(text::JsonWriter& j, const HintReading& r) {
   auto opt = [&](const char* key, const std::optional<double>& v) {
     j.key(key);
     if (v) {
@@ -234,7 +234,7 @@ void json_reading(JsonWriter& j, const HintReading& r) {
   j.end_array();
 }
 
-void json_cpu(JsonWriter& j, const triggers::HypervisorHints& h,
+void json_cpu(text::JsonWriter& j, const triggers::HypervisorHints& h,
               const triggers::MicrocodeRevision& rev, const triggers::FeatureSet& features) {
   j.key("hypervisor").begin_object();
   j.key("present").value(h.hypervisor).key("signature").value(h.signature);
@@ -345,7 +345,7 @@ int monitor_command(int argc, char** argv) {
     if (o.format == Format::kTrace) {
       std::printf("%s\n", triggers::format_trace_line(r, origin).c_str());
     } else if (o.format == Format::kJson) {
-      JsonWriter j;
+      text::JsonWriter j;
       j.begin_object();
       j.key("time_s").value(t);
       json_reading(j, r);

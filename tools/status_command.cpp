@@ -6,9 +6,9 @@
 #include <string_view>
 #include <vector>
 
+#include "base/json.h"
 #include "base/text.h"
 #include "repatch/engine.h"
-#include "tools/json.h"
 
 namespace repatch::tools {
 namespace {
@@ -135,7 +135,7 @@ void print_text(const EngineStatus& s) {
 }
 
 void print_json(const EngineStatus& s) {
-  JsonWriter j;
+  text::JsonWriter j;
   j.begin_object();
   j.key("writer").value(s.writer);
   j.key("text_begin").value(text::hex(s.text_begin));

@@ -16,9 +16,10 @@
 //    Changes to features outside the whitelist are reported as needing a restart.
 //
 // Sources come in three kinds behind one interface: real (this machine's CPUID, /proc and
-// /sys), simulated (the guest's simulated hypervisor; trigger/simulated_source.h, in the
-// repatch_trigger_simulated object library of the source tree), and replay (a recorded trace in the
-// text format of docs/hint-trace.md). Nothing here throws; errors are values (repatch/error.h).
+// /sys), simulated (the guest's simulated hypervisor; guest/simulated_source.h, in the
+// repatch_guest_simulated_source object library of the source tree), and replay (a recorded trace
+// in the text format of docs/hint-trace.md). Nothing here throws; errors are values
+// (repatch/error.h).
 #ifndef REPATCH_TRIGGERS_H_
 #define REPATCH_TRIGGERS_H_
 
@@ -74,7 +75,7 @@ struct HintReading {
 };
 
 /// A producer of readings. Implementations: make_real_source(), make_replay_source(), and the
-/// simulated source (trigger/simulated_source.h). A harness may implement its own.
+/// simulated source (guest/simulated_source.h). A harness may implement its own.
 class HintSource {
  public:
   virtual ~HintSource() = default;

@@ -15,6 +15,7 @@
 
 #include "guest/hypervisor.h"
 #include "guest/lock_state.h"
+#include "guest/simulated_source.h"
 #include "guest/spinlock.h"
 #include "guest/tlb.h"
 #include "guest/tlb_group_state.h"
@@ -22,7 +23,6 @@
 #include "repatch/triggers.h"
 #include "sync/vcpu.h"
 #include "tests/support/eventually.h"
-#include "trigger/simulated_source.h"
 
 namespace repatch::triggers {
 namespace {

@@ -1,4 +1,4 @@
-#include "trigger/simulated_source.h"
+#include "guest/simulated_source.h"
 
 #include <algorithm>
 

@@ -1,9 +1,9 @@
-#include "tools/json.h"
+#include "base/json.h"
 
 #include <cmath>
 #include <cstdio>
 
-namespace repatch::tools {
+namespace repatch::text {
 
 void JsonWriter::separate() {
   if (after_key_) {
@@ -96,4 +96,4 @@ JsonWriter& JsonWriter::null_value() {
   return *this;
 }
 
-}  // namespace repatch::tools
+}  // namespace repatch::text

@@ -1,9 +1,9 @@
 // The simulated hint source: the guest's simulated hypervisor (guest/hypervisor.h) as the host.
 //
-// Built in the repatch_trigger_simulated object library (it needs repatch_guest_hypervisor), not
-// in the installed library.
-#ifndef REPATCH_TRIGGER_SIMULATED_SOURCE_H_
-#define REPATCH_TRIGGER_SIMULATED_SOURCE_H_
+// It lives with the guest, above the triggers, since it reads the guest's hypervisor: built in the
+// repatch_guest_simulated_source object library, not in the installed library.
+#ifndef REPATCH_GUEST_SIMULATED_SOURCE_H_
+#define REPATCH_GUEST_SIMULATED_SOURCE_H_
 
 #include <memory>
 #include <vector>
@@ -25,4 +25,4 @@ std::unique_ptr<HintSource> make_simulated_source(std::vector<sync::VcpuId> vcpu
 
 }  // namespace repatch::triggers
 
-#endif  // REPATCH_TRIGGER_SIMULATED_SOURCE_H_
+#endif  // REPATCH_GUEST_SIMULATED_SOURCE_H_

@@ -1,13 +1,13 @@
-// A minimal streaming JSON writer for the command's --json output.
-#ifndef REPATCH_TOOLS_JSON_H_
-#define REPATCH_TOOLS_JSON_H_
+// A minimal streaming JSON writer: the --json output of the command and of the stress report.
+#ifndef REPATCH_BASE_JSON_H_
+#define REPATCH_BASE_JSON_H_
 
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace repatch::tools {
+namespace repatch::text {
 
 class JsonWriter {
  public:
@@ -35,6 +35,6 @@ class JsonWriter {
   bool after_key_ = false;
 };
 
-}  // namespace repatch::tools
+}  // namespace repatch::text
 
-#endif  // REPATCH_TOOLS_JSON_H_
+#endif  // REPATCH_BASE_JSON_H_
