@@ -206,13 +206,14 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   report.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
   report.stuck = watchdog->fired();
 
-  // Stop the switches first, so that none runs while the vCPUs leave; then the injectors. The
-  // microcode injector's switches go through the switcher, so it stops first.
+  // Stop the injectors first: a switch in progress may be waiting for an executor whose vCPU an
+  // NMI storm or a preemption holds. Then the switches, so that none runs while the vCPUs leave
+  // (the microcode injector's go through the switcher, so it stops first); then the vCPUs.
+  nmis->stop();
+  preemptions->stop();
   const bool microcode_stopped = !microcode || microcode->stop_within(scenario.watchdog);
   const bool switcher_stopped =
       (!switching || switcher->stop_within(scenario.watchdog)) && microcode_stopped;
-  nmis->stop();
-  preemptions->stop();
   workload->stop();
   const bool joined = workload->join_within(scenario.watchdog);
   watchdog->stop();

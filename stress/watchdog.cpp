@@ -126,7 +126,12 @@ void Watchdog::run() {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     const Clock::time_point now = Clock::now();
     for (std::size_t i = 0; i < n; ++i) {
-      const std::uint64_t it = workload_.tally(i).iterations.load(std::memory_order_relaxed);
+      // An NMI handler that finished is progress too: with a ticket lock on an oversubscribed
+      // host, NMIs can come faster than their handlers get the NMI lock, and a vCPU then runs one
+      // handler after another for a while (an NMI storm, not a hang; a vCPU whose own code hangs
+      // meanwhile is still caught at the end, when it cannot finish its iteration).
+      const std::uint64_t it = workload_.tally(i).iterations.load(std::memory_order_relaxed) +
+                               workload_.nmi_runs_of(workload_.ids()[i]);
       if (it != last[i]) {
         last[i] = it;
         moved[i] = now;

@@ -1,8 +1,8 @@
 // The watchdog: notices a vCPU, or the switcher, that makes no progress, and says which one and
 // where it is.
 //
-// Every 100 ms it reads each vCPU's iteration count; one that has not moved for the scenario's
-// watchdog time is stuck, and so is a switch_groups call that has lasted that long. The watchdog
+// Every 100 ms it reads each vCPU's iteration count plus its NMI handler's runs; one whose sum
+// has not moved for the scenario's watchdog time is stuck, and so is a switch_groups call that has lasted that long. The watchdog
 // then sends the stuck thread its probe signal (a real-time signal of its own, chosen at start
 // as the first one still SIG_DFL; guest code never blocks it, and the hypervisor's parking
 // handler does not either): the handler records the interrupted RIP and RSP. The watchdog names

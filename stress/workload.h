@@ -91,6 +91,10 @@ class Workload {
   const VcpuTally& tally(std::size_t index) const { return tallies_[index]; }
   /// NMI handler runs that took the NMI lock.
   std::uint64_t nmi_runs() const;
+  /// Those of vCPU `id`'s NMI handler alone.
+  std::uint64_t nmi_runs_of(sync::VcpuId id) const {
+    return nmi_runs_[id].load(std::memory_order_relaxed);
+  }
   WorkloadTotals totals() const;
 
   /// After a commit: checks that every lock is in the encoding of `spinlock_variant`
