@@ -7,11 +7,11 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <mutex>
 #include <string>
 
 #include "arch/x86/instruction.h"
+#include "base/errno_text.h"
 #include "base/test_hooks.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
@@ -155,7 +155,7 @@ Status install_int3_handler(const SiteTable& table) {
   if (sigaction(SIGTRAP, nullptr, &g_previous) != 0 || sigaction(SIGTRAP, &action, nullptr) != 0) {
     const int err = errno;
     return Error(ErrorCode::kSystem, std::string("sigaction(SIGTRAP) failed: ") +
-                                         std::strerror(err) +
+                                         text::errno_text(err) +
                                          "; live switches need the #BP handler");
   }
   installed = true;

@@ -10,10 +10,11 @@
 
 #include <cerrno>
 #include <climits>
-#include <cstring>
 #include <mutex>
 #include <random>
 #include <string>
+
+#include "base/errno_text.h"
 
 namespace repatch::hypervisor {
 namespace {
@@ -158,7 +159,7 @@ Status install_once() {
     const int err = errno;
     return Error(ErrorCode::kSystem,
                  "sigaction(" + std::to_string(chosen) +
-                     ") for the hypervisor's preempt signal failed: " + std::strerror(err));
+                     ") for the hypervisor's preempt signal failed: " + text::errno_text(err));
   }
   g_signal.store(chosen, std::memory_order_release);
   return {};
