@@ -15,6 +15,7 @@
 #include <string>
 
 #include "base/errno_text.h"
+#include "base/return_if_error.h"
 
 namespace repatch::hypervisor {
 namespace {
@@ -133,7 +134,7 @@ bool signal_is_free(int sig) {
 
 Status install_once() {
   // The vCPU signals first, so that this one is chosen among what they leave.
-  if (Status s = sync::choose_interrupt_signals(); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(sync::choose_interrupt_signals());
   const int ipi = sync::ipi_signal();
   const int nmi = sync::nmi_signal();
   int chosen = 0;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "base/errno_text.h"
+#include "base/return_if_error.h"
 #include "sync/vcpu.h"
 
 namespace repatch::sync {
@@ -136,9 +137,7 @@ Status install_interrupt_signals() {
   sigaddset(&nmi_mask, nmi);
 
   // The NMI handler first, so that an IPI handler never exists without the NMI one.
-  if (Status s = install(nmi, &on_nmi, nmi_mask, "NMI"); !s.ok()) {
-    return s;
-  }
+  REPATCH_RETURN_IF_ERROR(install(nmi, &on_nmi, nmi_mask, "NMI"));
   if (Status s = install(ipi, &on_ipi, ipi_mask, "IPI"); !s.ok()) {
     signal(nmi, SIG_DFL);
     return s;

@@ -48,6 +48,7 @@
 #include "arch/x86/text_poker.h"
 #include "base/errno_text.h"
 #include "base/fixed_line.h"
+#include "base/return_if_error.h"
 #include "base/test_hooks.h"
 #include "base/text.h"
 
@@ -399,9 +400,7 @@ Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::u
                  "memfd poker: " + std::to_string(kMaxRegions) +
                      " memfd pokers are already live; cover adjacent pages with one poker");
   }
-  if (Status s = check_text_mapping(begin, end); !s.ok()) {
-    return s.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_text_mapping(begin, end));
 
   int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
   if (fd < 0) {
