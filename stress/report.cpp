@@ -189,7 +189,7 @@ std::string render_text(const Report& r) {
     const TriggerTotals& t = *r.trigger;
     out += format("trigger %s: steal enter %.3f%%, leave %.3f%%; decisions:", t.source.c_str(),
                   r.trigger_steal_enter, r.trigger_steal_leave);
-    for (std::size_t i = 0; i < kActionCount; ++i) {
+    for (std::size_t i = 0; i < triggers::kActionCount; ++i) {
       out += format("%s %s %llu", i == 0 ? "" : ",",
                     triggers::action_name(static_cast<triggers::Action>(i)), ull(t.by_action[i]));
     }
@@ -334,7 +334,7 @@ std::string render_json(const Report& r) {
     j.key("steal_enter_percent").value(r.trigger_steal_enter);
     j.key("steal_leave_percent").value(r.trigger_steal_leave);
     j.key("by_action").begin_object();
-    for (std::size_t i = 0; i < kActionCount; ++i)
+    for (std::size_t i = 0; i < triggers::kActionCount; ++i)
       j.key(triggers::action_name(static_cast<triggers::Action>(i))).value(t.by_action[i]);
     j.end_object();
     j.key("source_ended").value(t.source_ended != 0);
