@@ -9,9 +9,6 @@
 
 #include "guest/hypervisor.h"
 #include "guest/machine.h"
-#include "guest/spinlock.h"
-#include "guest/tlb_cpu.h"
-#include "guest/tlb_group_state.h"
 #include "stress/crash_report.h"
 #include "stress/invariants.h"
 #include "stress/microcode_injector.h"
