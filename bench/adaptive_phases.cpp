@@ -72,7 +72,12 @@
 
 namespace {
 
+using repatch::bench::is_adaptive;
+using repatch::bench::kFixedKinds;
+using repatch::bench::Kind;
+using repatch::bench::kind_name;
 using repatch::bench::median;
+using repatch::bench::PerVcpu;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
@@ -95,34 +100,8 @@ constexpr std::uint64_t kSeed = 0xada9;
 constexpr std::size_t kPlanLength = 20000;
 constexpr std::uint64_t kQuiescentEvery = 64;
 
-// kAdaptive switches with the engine's default writer for the spinlock group (stop-machine: the
-// group is not interchangeable), kAdaptiveStopless with SwitchWriter::kStopless; otherwise the two
-// are the same contender.
-enum class Kind { kNative, kPv, kMutex, kTas, kAdaptive, kAdaptiveStopless };
 constexpr std::array<Kind, 6> kKinds = {Kind::kNative, Kind::kPv,       Kind::kMutex,
                                         Kind::kTas,    Kind::kAdaptive, Kind::kAdaptiveStopless};
-
-bool is_adaptive(Kind kind) {
-  return kind == Kind::kAdaptive || kind == Kind::kAdaptiveStopless;
-}
-
-const char* kind_name(Kind kind) {
-  switch (kind) {
-    case Kind::kNative:
-      return "native";
-    case Kind::kPv:
-      return "pv";
-    case Kind::kMutex:
-      return "mutex";
-    case Kind::kTas:
-      return "tas";
-    case Kind::kAdaptive:
-      return "adaptive";
-    case Kind::kAdaptiveStopless:
-      return "adaptive_stopless";
-  }
-  return "?";
-}
 
 repatch::guest::SpinLock* g_spinlock = nullptr;
 
@@ -130,11 +109,6 @@ using repatch::bench::GuestSpinlock;
 using repatch::bench::Shared;
 using repatch::bench::StdMutex;
 using repatch::bench::TasLock;
-
-struct alignas(64) PerVcpu {
-  std::atomic<std::uint64_t> count{0};  // read by the main thread at phase boundaries
-  std::atomic<repatch::sync::VcpuId> id{0};
-};
 
 // The phase the vCPUs are in: 0..kPhases-1, then kPhases (stop). Waited on by idle vCPUs.
 struct Run {
@@ -448,8 +422,6 @@ void register_phases() {
 
 // ---- the summary --------------------------------------------------------------------------------
 
-constexpr std::array<Kind, 4> kStatics = {Kind::kNative, Kind::kPv, Kind::kMutex, Kind::kTas};
-
 const Row* find_row(Kind kind, int outside) {
   const auto it = g_rows.find({kind, outside});
   return it == g_rows.end() || it->second.overall.empty() || !it->second.error.empty()
@@ -496,7 +468,7 @@ void print_load(std::FILE* out, int outside) {
     }
   }
   const Row* adaptive = find_row(Kind::kAdaptive, outside);
-  const bool statics_ran = std::any_of(kStatics.begin(), kStatics.end(),
+  const bool statics_ran = std::any_of(kFixedKinds.begin(), kFixedKinds.end(),
                                        [&](Kind k) { return find_row(k, outside) != nullptr; });
   if (adaptive == nullptr || !statics_ran) {
     std::fprintf(out, "targets: not judged (%s)\n",
@@ -513,7 +485,7 @@ void print_load(std::FILE* out, int outside) {
   for (std::size_t p = 0; p < kPhases; ++p) {
     double best = 0;
     const char* best_name = "?";
-    for (const Kind kind : kStatics) {
+    for (const Kind kind : kFixedKinds) {
       const Row* row = find_row(kind, outside);
       if (row == nullptr) continue;
       const double m = median(row->phases[p]);
@@ -529,7 +501,7 @@ void print_load(std::FILE* out, int outside) {
   }
   double worst = 0;
   const char* worst_name = "?";
-  for (const Kind kind : kStatics) {
+  for (const Kind kind : kFixedKinds) {
     const Row* row = find_row(kind, outside);
     if (row == nullptr) continue;
     const double m = median(row->overall);

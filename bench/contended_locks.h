@@ -5,11 +5,13 @@
 
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
 
 #include "guest/spinlock.h"
+#include "sync/vcpu.h"
 
 namespace repatch::bench {
 
@@ -18,6 +20,46 @@ namespace repatch::bench {
 inline constexpr const char* kHostNotRealtime =
     "note: the simulated hypervisor could not run SCHED_FIFO (no CAP_SYS_NICE): it preempted less "
     "often than its schedule says";
+
+/// The contenders. kNative and kPv are the guest's spinlock held in one variant; kAdaptive and
+/// kAdaptiveStopless are the guest's spinlock switched by the trigger loop (adaptive_phases only),
+/// with the engine's default writer for the group (stop-machine: the group is not
+/// interchangeable) and with SwitchWriter::kStopless.
+enum class Kind { kNative, kPv, kMutex, kTas, kAdaptive, kAdaptiveStopless };
+
+/// The contenders whose lock does not change during a run, as lock_throughput measures them.
+inline constexpr std::array<Kind, 4> kFixedKinds = {Kind::kNative, Kind::kPv, Kind::kMutex,
+                                                    Kind::kTas};
+
+inline bool is_adaptive(Kind kind) {
+  return kind == Kind::kAdaptive || kind == Kind::kAdaptiveStopless;
+}
+
+/// The name in benchmark names, tables and JSON: "native", "adaptive_stopless".
+inline const char* kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::kNative:
+      return "native";
+    case Kind::kPv:
+      return "pv";
+    case Kind::kMutex:
+      return "mutex";
+    case Kind::kTas:
+      return "tas";
+    case Kind::kAdaptive:
+      return "adaptive";
+    case Kind::kAdaptiveStopless:
+      return "adaptive_stopless";
+  }
+  return "?";
+}
+
+/// A vCPU's counts, each on a cache line of its own; read by the main thread while the vCPUs run.
+struct alignas(64) PerVcpu {
+  std::atomic<std::uint64_t> count{0};  ///< every acquisition
+  std::atomic<std::uint64_t> timed{0};  ///< those released before the row's time was up
+  std::atomic<sync::VcpuId> id{0};
+};
 
 /// The guest's spinlock, in whatever variant its group is in.
 struct GuestSpinlock {

@@ -49,7 +49,10 @@
 
 namespace {
 
+using repatch::bench::Kind;
+using repatch::bench::kind_name;
 using repatch::bench::median;
+using repatch::bench::PerVcpu;
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -87,22 +90,6 @@ constexpr std::uint64_t kQuiescentEvery = 64;
 
 // ---- the locks ----------------------------------------------------------------------------------
 
-enum class Kind { kNative, kPv, kMutex, kTas };
-
-const char* kind_name(Kind kind) {
-  switch (kind) {
-    case Kind::kNative:
-      return "native";
-    case Kind::kPv:
-      return "pv";
-    case Kind::kMutex:
-      return "mutex";
-    case Kind::kTas:
-      return "tas";
-  }
-  return "?";
-}
-
 // The guest's spinlock, in whatever variant its group is in. Created in main() after boot.
 repatch::guest::SpinLock* g_spinlock = nullptr;
 
@@ -110,12 +97,6 @@ using repatch::bench::GuestSpinlock;
 using repatch::bench::Shared;
 using repatch::bench::StdMutex;
 using repatch::bench::TasLock;
-
-struct alignas(64) PerVcpu {
-  std::atomic<std::uint64_t> count{0};  // every acquisition
-  std::atomic<std::uint64_t> timed{0};  // those released before the row's time was up
-  std::atomic<repatch::sync::VcpuId> id{0};
-};
 
 // ---- one row ------------------------------------------------------------------------------------
 
@@ -281,6 +262,11 @@ void BM_Lock(benchmark::State& state, Kind kind) {
         r = run_row(*lock, vcpus, preempt, outside);
         break;
       }
+      case Kind::kAdaptive:
+      case Kind::kAdaptiveStopless:
+        row.error = "an adaptive contender needs a trigger loop: adaptive_phases measures it";
+        state.SkipWithError(row.error.c_str());
+        return;
     }
     if (r.failed != 0) {
       row.error = "a thread could not register as a vCPU (or, with --pin, be pinned)";

@@ -16,6 +16,7 @@
 #include "arch/x86/cpuid.h"
 #include "arch/x86/sync_core.h"
 #include "arch/x86/text_poker.h"
+#include "base/return_if_error.h"
 #include "base/text.h"
 #include "engine/engine_impl.h"
 #include "engine/group_phase.h"
@@ -83,9 +84,7 @@ Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine:
                                          const std::vector<engine::VariantIndex>& target) {
   std::vector<SiteWrite> writes;
   for (engine::SiteEntry& entry : table.entries()) {
-    if (Status s = engine::check_site_holds_current(catalog, table, entry); !s.ok()) {
-      return s.error();
-    }
+    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(catalog, table, entry));
     const engine::VariantIndex v = target[catalog.op(entry.op).group];
     // Every image is computed even when it will not be written now, so that a variant that cannot
     // fill some site is refused at boot rather than at the first switch to it.

@@ -6,6 +6,7 @@
 
 #include "arch/x86/cpuid.h"
 #include "arch/x86/instruction.h"
+#include "base/return_if_error.h"
 #include "base/text.h"
 
 // The linker defines __start_/__stop_ symbols for every section whose name is a C identifier.
@@ -109,7 +110,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
   std::map<const abi::GroupDesc*, GroupIndex> group_index;
   std::map<std::string_view, const abi::GroupDesc*> group_by_name;
   for (const abi::GroupDesc* desc : descriptors.groups) {
-    if (Status s = check_group(*desc); !s.ok()) return s.error();
+    REPATCH_RETURN_IF_ERROR(check_group(*desc));
     if (!group_by_name.emplace(desc->name, desc).second) {
       return invalid("group '" + std::string(desc->name) + "' is defined twice");
     }
@@ -164,7 +165,7 @@ Result<Catalog> Catalog::build(const Descriptors& descriptors) {
       return invalid("op '" + std::string(entry.desc->name) + "' defines variant '" + desc->name +
                      "' twice");
     }
-    if (Status s = check_variant_shape(*entry.desc, *desc); !s.ok()) return s.error();
+    REPATCH_RETURN_IF_ERROR(check_variant_shape(*entry.desc, *desc));
     entry.variants[v] = desc;
   }
 

@@ -5,6 +5,7 @@
 
 #include "arch/x86/instruction.h"
 #include "arch/x86/sync_core.h"
+#include "base/return_if_error.h"
 #include "engine/engine_impl.h"
 #include "engine/site_image.h"
 #include "engine/symbolizer.h"
@@ -84,9 +85,7 @@ Result<std::string> Engine::current_variant(std::string_view group) const {
 
 Status Engine::verify_sites() const {
   for (const engine::SiteEntry& entry : impl_->table.entries()) {
-    if (Status s = engine::check_site_holds_current(impl_->catalog, impl_->table, entry); !s.ok()) {
-      return s;
-    }
+    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(impl_->catalog, impl_->table, entry));
   }
   return {};
 }
@@ -106,9 +105,7 @@ Status Engine::verify_group(std::string_view group) const {
                        std::string(impl_->catalog.variant_name(g.value(), entry.variant())) +
                        "', not the group's variant '" + current_name + "'");
     }
-    if (Status s = engine::check_site_holds_current(impl_->catalog, impl_->table, entry); !s.ok()) {
-      return s;
-    }
+    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(impl_->catalog, impl_->table, entry));
   }
   return {};
 }

@@ -7,11 +7,12 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <mutex>
 #include <string>
 
 #include "arch/x86/instruction.h"
+#include "base/errno_text.h"
+#include "base/return_if_error.h"
 #include "base/test_hooks.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
@@ -142,7 +143,7 @@ Status install_int3_handler(const SiteTable& table) {
   if (installed) return {};
   // The IPI is blocked while the handler runs, so a vCPU never parks while it holds an attempt
   // (publish_and_drain waits for every executor, inside the stop). Its number must be known now.
-  if (Status s = sync::choose_interrupt_signals(); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(sync::choose_interrupt_signals());
   struct sigaction action {};
   action.sa_sigaction = &on_sigtrap;
   // SA_NODEFER: SIGTRAP stays deliverable inside the handler (an int3 with SIGTRAP blocked kills
@@ -155,7 +156,7 @@ Status install_int3_handler(const SiteTable& table) {
   if (sigaction(SIGTRAP, nullptr, &g_previous) != 0 || sigaction(SIGTRAP, &action, nullptr) != 0) {
     const int err = errno;
     return Error(ErrorCode::kSystem, std::string("sigaction(SIGTRAP) failed: ") +
-                                         std::strerror(err) +
+                                         text::errno_text(err) +
                                          "; live switches need the #BP handler");
   }
   installed = true;

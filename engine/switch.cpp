@@ -21,6 +21,7 @@
 #include <string>
 #include <thread>
 
+#include "base/errno_text.h"
 #include "base/test_hooks.h"
 #include "base/text.h"
 #include "engine/engine_impl.h"
@@ -458,8 +459,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
               vcpu_name(result.culprit) + " did not acknowledge the stop within " +
               std::to_string(options.ack_deadline.count() / 1000) + " us " +
               (result.culprit_send_error != 0
-                   ? "(its IPI could not be sent: " +
-                         std::string(std::strerror(result.culprit_send_error)) +
+                   ? "(its IPI could not be sent: " + text::errno_text(result.culprit_send_error) +
                          (result.culprit_send_error == EAGAIN
                               ? "; the user's queue of real-time signals is full, see ulimit -i"
                               : "") +

@@ -10,10 +10,12 @@
 
 #include <cerrno>
 #include <climits>
-#include <cstring>
 #include <mutex>
 #include <random>
 #include <string>
+
+#include "base/errno_text.h"
+#include "base/return_if_error.h"
 
 namespace repatch::hypervisor {
 namespace {
@@ -132,7 +134,7 @@ bool signal_is_free(int sig) {
 
 Status install_once() {
   // The vCPU signals first, so that this one is chosen among what they leave.
-  if (Status s = sync::choose_interrupt_signals(); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(sync::choose_interrupt_signals());
   const int ipi = sync::ipi_signal();
   const int nmi = sync::nmi_signal();
   int chosen = 0;
@@ -158,7 +160,7 @@ Status install_once() {
     const int err = errno;
     return Error(ErrorCode::kSystem,
                  "sigaction(" + std::to_string(chosen) +
-                     ") for the hypervisor's preempt signal failed: " + std::strerror(err));
+                     ") for the hypervisor's preempt signal failed: " + text::errno_text(err));
   }
   g_signal.store(chosen, std::memory_order_release);
   return {};

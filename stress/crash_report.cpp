@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "base/errno_text.h"
 #include "base/fixed_line.h"
 #include "sync/vcpu.h"
 
@@ -65,7 +66,7 @@ Status install_crash_report() {
     sigemptyset(&action.sa_mask);
     if (sigaction(sig, &action, nullptr) != 0) {
       return Error(ErrorCode::kSystem, std::string("sigaction(") + signal_name(sig) +
-                                           ") for the crash report: " + std::strerror(errno));
+                                           ") for the crash report: " + text::errno_text(errno));
     }
   }
   return {};

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <string>
+#include <string_view>
 
 #include "base/json.h"
 
@@ -189,7 +191,7 @@ std::string render_text(const Report& r) {
     const TriggerTotals& t = *r.trigger;
     out += format("trigger %s: steal enter %.3f%%, leave %.3f%%; decisions:", t.source.c_str(),
                   r.trigger_steal_enter, r.trigger_steal_leave);
-    for (std::size_t i = 0; i < kActionCount; ++i) {
+    for (std::size_t i = 0; i < triggers::kActionCount; ++i) {
       out += format("%s %s %llu", i == 0 ? "" : ",",
                     triggers::action_name(static_cast<triggers::Action>(i)), ull(t.by_action[i]));
     }
@@ -220,21 +222,15 @@ std::string render_text(const Report& r) {
     out += "microcode events: off (--microcode-every 0)\n";
   }
   out += "\n";
-  out += format("ops: %llu (%.0f per second)\n", ull(r.ops),
-                r.elapsed_s > 0 ? static_cast<double>(r.ops) / r.elapsed_s : 0.0);
-  out += format(
-      "lock acquisitions: native %llu, pv %llu; in NMI handlers %llu; demo lock %llu; elided "
-      "lock %llu\n",
-      ull(r.acquisitions_native), ull(r.acquisitions_pv), ull(r.nmi_acquisitions),
-      ull(r.demo_increments), ull(r.elided_increments));
-  out += format("  lock waits restarted by a conversion: %llu, pv sleeps: %llu\n",
-                ull(r.lock_restarts), ull(r.lock_sleeps));
-  out += format(
-      "TLB: %llu translations, %llu shootdowns (%llu targets left a flush-on-resume "
-      "mark), %llu marks drained by switches, %llu stale reads\n",
-      ull(r.translations), ull(r.shootdowns), ull(r.shootdowns_marked), ull(r.tlb_marks_drained),
-      ull(r.stale_reads));
-  out += format("idle periods: %llu\n", ull(r.idles));
+  for (const CounterSpec& c : workload_counters()) {
+    const std::uint64_t value = r.workload[c.counter];
+    out += c.text_before + std::to_string(value);
+    if (c.per_second) {
+      out += format(" (%.0f per second)",
+                    r.elapsed_s > 0 ? static_cast<double>(value) / r.elapsed_s : 0.0);
+    }
+    out += c.text_after;
+  }
   out += "\n";
   std::string kinds;
   for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i) {
@@ -334,7 +330,7 @@ std::string render_json(const Report& r) {
     j.key("steal_enter_percent").value(r.trigger_steal_enter);
     j.key("steal_leave_percent").value(r.trigger_steal_leave);
     j.key("by_action").begin_object();
-    for (std::size_t i = 0; i < kActionCount; ++i)
+    for (std::size_t i = 0; i < triggers::kActionCount; ++i)
       j.key(triggers::action_name(static_cast<triggers::Action>(i))).value(t.by_action[i]);
     j.end_object();
     j.key("source_ended").value(t.source_ended != 0);
@@ -374,24 +370,20 @@ std::string render_json(const Report& r) {
   } else {
     j.null_value();
   }
-  j.key("ops").value(r.ops);
-  j.key("lock_acquisitions").begin_object();
-  j.key("native").value(r.acquisitions_native);
-  j.key("pv").value(r.acquisitions_pv);
-  j.key("nmi").value(r.nmi_acquisitions);
-  j.key("demo").value(r.demo_increments);
-  j.key("elided").value(r.elided_increments);
-  j.key("restarts").value(r.lock_restarts);
-  j.key("pv_sleeps").value(r.lock_sleeps);
-  j.end_object();
-  j.key("tlb").begin_object();
-  j.key("translations").value(r.translations);
-  j.key("shootdowns").value(r.shootdowns);
-  j.key("shootdowns_marked").value(r.shootdowns_marked);
-  j.key("marks_drained").value(r.tlb_marks_drained);
-  j.key("stale_reads").value(r.stale_reads);
-  j.end_object();
-  j.key("idles").value(r.idles);
+  const char* open_object = nullptr;
+  for (const CounterSpec& c : workload_counters()) {
+    if (open_object != nullptr &&
+        (c.json_object == nullptr || std::string_view(c.json_object) != open_object)) {
+      j.end_object();
+      open_object = nullptr;
+    }
+    if (c.json_object != nullptr && open_object == nullptr) {
+      j.key(c.json_object).begin_object();
+      open_object = c.json_object;
+    }
+    j.key(c.json_key).value(r.workload[c.counter]);
+  }
+  if (open_object != nullptr) j.end_object();
   j.key("violations").begin_object();
   j.key("total").value(r.violations);
   for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i) {

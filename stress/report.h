@@ -14,6 +14,7 @@
 #include "stress/switcher.h"
 #include "stress/trigger_decider.h"
 #include "stress/violations.h"
+#include "stress/workload_counters.h"
 
 namespace repatch::stress {
 
@@ -49,21 +50,8 @@ struct Report {
   // The trigger's policy as configured (with `trigger`).
   double trigger_steal_enter = 0;
   double trigger_steal_leave = 0;
-  // The workload.
-  std::uint64_t ops = 0;
-  std::uint64_t acquisitions_native = 0;
-  std::uint64_t acquisitions_pv = 0;
-  std::uint64_t nmi_acquisitions = 0;
-  std::uint64_t demo_increments = 0;
-  std::uint64_t elided_increments = 0;  ///< under the elided locks (the feature-keyed sites)
-  std::uint64_t translations = 0;
-  std::uint64_t shootdowns = 0;
-  std::uint64_t shootdowns_marked = 0;
-  std::uint64_t idles = 0;
-  std::uint64_t lock_restarts = 0;      ///< waits restarted because their lock was converted
-  std::uint64_t lock_sleeps = 0;        ///< pv futex sleeps
-  std::uint64_t tlb_marks_drained = 0;  ///< flush-on-resume marks drained by pv -> native
-  std::uint64_t stale_reads = 0;        ///< from the TLBs' own count (tlb::total_stale_reads)
+  // The workload: every counter of workload_counters().
+  WorkloadCounts workload;
   std::uint64_t commits_checked = 0;
   // Verdict.
   std::uint64_t violations_by_kind[static_cast<std::size_t>(Violation::kCount)] = {};

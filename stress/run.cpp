@@ -10,9 +10,6 @@
 #include "guest/hypervisor.h"
 #include "guest/machine.h"
 #include "guest/simulated_source.h"
-#include "guest/spinlock.h"
-#include "guest/tlb_cpu.h"
-#include "guest/tlb_group_state.h"
 #include "stress/crash_report.h"
 #include "stress/invariants.h"
 #include "stress/microcode_injector.h"
@@ -30,7 +27,7 @@ namespace {
 std::string progress_line(Clock::time_point start, const Scenario& s, const Switcher* switcher,
                           const Workload& workload, const ViolationLog& violations) {
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  const WorkloadTotals t = workload.totals();
+  const WorkloadCounts t = workload.totals();
   char line[256];
   std::snprintf(line, sizeof line,
                 "%5.1f/%.1f s  switches %llu committed, %llu aborted  %.2fM ops/s  NMIs %llu  "
@@ -38,8 +35,8 @@ std::string progress_line(Clock::time_point start, const Scenario& s, const Swit
                 elapsed, static_cast<double>(s.duration.count()) / 1000.0,
                 static_cast<unsigned long long>(switcher ? switcher->committed() : 0),
                 static_cast<unsigned long long>(switcher ? switcher->aborted() : 0),
-                elapsed > 0 ? static_cast<double>(t.ops) / elapsed / 1e6 : 0.0,
-                static_cast<unsigned long long>(t.nmi_acquisitions),
+                elapsed > 0 ? static_cast<double>(t[Counter::kOps]) / elapsed / 1e6 : 0.0,
+                static_cast<unsigned long long>(t[Counter::kNmiAcquisitions]),
                 static_cast<unsigned long long>(violations.total()));
   return line;
 }
@@ -248,21 +245,7 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
     report.preemptions += hypervisor::preemptions(id);
     report.steal_ns += hypervisor::steal_ns(id);
   }
-  const WorkloadTotals t = workload->totals();
-  report.ops = t.ops;
-  report.acquisitions_native = t.acquisitions[0];
-  report.acquisitions_pv = t.acquisitions[1];
-  report.nmi_acquisitions = t.nmi_acquisitions;
-  report.demo_increments = t.demo_increments;
-  report.elided_increments = t.elided_increments;
-  report.translations = t.translations;
-  report.shootdowns = t.shootdowns;
-  report.shootdowns_marked = t.shootdowns_marked;
-  report.idles = t.idles;
-  report.lock_restarts = guest::spinlock_stats().restarts.load();
-  report.lock_sleeps = guest::spinlock_stats().sleeps.load();
-  report.tlb_marks_drained = tlb::group_state().drained();
-  report.stale_reads = tlb::total_stale_reads();
+  report.workload = workload->totals();
   for (std::size_t i = 0; i < static_cast<std::size_t>(Violation::kCount); ++i)
     report.violations_by_kind[i] = violations.count(static_cast<Violation>(i));
   report.violations = violations.total();

@@ -22,12 +22,6 @@
 
 namespace repatch::stress {
 
-/// The values of SwitchWriter (kAuto, kStopMachine, kBatch, kStopless): the index of
-/// SwitchTotals::by_writer.
-inline constexpr std::size_t kSwitchWriterCount = 4;
-static_assert(static_cast<std::size_t>(SwitchWriter::kStopless) + 1 == kSwitchWriterCount,
-              "a new SwitchWriter needs its place in SwitchTotals::by_writer and the report");
-
 /// What the switches made with one writer did. A request is counted under the writer the engine
 /// used (SwitchOutcome::writer), or, when it was refused before the engine chose one, under the
 /// writer that was asked for.

@@ -25,13 +25,10 @@
 
 namespace repatch::stress {
 
-/// The number of triggers::Action values.
-inline constexpr std::size_t kActionCount = 8;
-
 /// What the policy decided during a run.
 struct TriggerTotals {
-  std::string source;                                      ///< the hint source's name
-  std::array<std::uint64_t, kActionCount> by_action = {};  ///< index: triggers::Action
+  std::string source;                                                ///< the hint source's name
+  std::array<std::uint64_t, triggers::kActionCount> by_action = {};  ///< index: triggers::Action
   std::uint64_t source_ended = 0;  ///< 1 when a replay reached the end of its trace
   /// describe() of each switch decision (with its outcome), oldest first, at most kKeptDecisions.
   std::vector<std::string> switches;

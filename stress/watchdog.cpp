@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/return_if_error.h"
 #include "base/text.h"
 #include "engine/symbolizer.h"
 #include "sync/vcpu.h"
@@ -65,7 +66,7 @@ Watchdog::~Watchdog() {
 }
 
 Status Watchdog::start() {
-  if (Status s = install_probe(); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(install_probe());
   thread_ = std::thread([this] { run(); });
   return {};
 }

@@ -168,13 +168,13 @@ void Workload::run_vcpu(std::size_t index) {
     ++increments[which];
     g.inside.fetch_sub(1, std::memory_order_relaxed);
     guest::spin_unlock(&g.lock);
-    tally.acquisitions[pv ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+    tally.add(pv ? Counter::kAcquisitionsPv : Counter::kAcquisitionsNative);
 
     // Translations through this vCPU's TLB, and now and then a remap with its shootdown.
     if (((r >> 20) & 3) == 0) {
       const std::uint64_t page = (r >> 24) % kWorkingPages;
       const tlb::Translation t = tlb::translate(page);
-      tally.translations.fetch_add(1, std::memory_order_relaxed);
+      tally.add(Counter::kTranslations);
       if (t.stale) {
         text::FixedLine(line, sizeof line)
             .text("vCPU ")
@@ -193,8 +193,8 @@ void Workload::run_vcpu(std::size_t index) {
       const std::uint64_t page = (r >> 44) % kWorkingPages;
       tlb::Shootdown report{};
       tlb::remap(page, static_cast<std::uint32_t>(r >> 32), everyone_, &report);
-      tally.shootdowns.fetch_add(1, std::memory_order_relaxed);
-      tally.shootdowns_marked.fetch_add(report.marked, std::memory_order_relaxed);
+      tally.add(Counter::kShootdowns);
+      tally.add(Counter::kShootdownsMarked, report.marked);
       ++ops;
     }
 
@@ -203,7 +203,7 @@ void Workload::run_vcpu(std::size_t index) {
       const std::size_t d = (r >> 57) % kDemoLocks;
       demo::locked_increment(demo_locks_[d].get(), &demo_counters_[d]);
       ++demo_tally[d];
-      tally.demo_increments.fetch_add(1, std::memory_order_relaxed);
+      tally.add(Counter::kDemoIncrements);
       const std::uint32_t clock = demo::read_clock();
       if (clock != demo::kFixedClock && clock != demo_clock_value) {
         text::FixedLine(line, sizeof line)
@@ -224,7 +224,7 @@ void Workload::run_vcpu(std::size_t index) {
       const std::size_t e = (r >> 57) % kElidedLocks;
       features::elided_increment(elided_locks_[e].get(), &elided_counters_[e]);
       ++elided_tally[e];
-      tally.elided_increments.fetch_add(1, std::memory_order_relaxed);
+      tally.add(Counter::kElidedIncrements);
       (void)features::caller_cpu();
       features::flush_line(&elided_counters_[e]);
       ops += 4;
@@ -237,12 +237,12 @@ void Workload::run_vcpu(std::size_t index) {
       const timespec nap{0, 100000};
       nanosleep(&nap, nullptr);
       self.go_online();
-      tally.idles.fetch_add(1, std::memory_order_relaxed);
+      tally.add(Counter::kIdles);
     }
 
     tlb::checkpoint();
     self.quiescent_state();
-    tally.ops.fetch_add(ops, std::memory_order_relaxed);
+    tally.add(Counter::kOps, ops);
     tally.iterations.fetch_add(1, std::memory_order_relaxed);
   }
   entered.value().reset();
@@ -283,21 +283,25 @@ std::uint64_t Workload::nmi_runs() const {
   return sum;
 }
 
-WorkloadTotals Workload::totals() const {
-  WorkloadTotals t;
-  for (std::size_t i = 0; i < ids_.size(); ++i) {
-    const VcpuTally& v = tallies_[i];
-    t.ops += v.ops.load(std::memory_order_relaxed);
-    t.acquisitions[0] += v.acquisitions[0].load(std::memory_order_relaxed);
-    t.acquisitions[1] += v.acquisitions[1].load(std::memory_order_relaxed);
-    t.demo_increments += v.demo_increments.load(std::memory_order_relaxed);
-    t.elided_increments += v.elided_increments.load(std::memory_order_relaxed);
-    t.translations += v.translations.load(std::memory_order_relaxed);
-    t.shootdowns += v.shootdowns.load(std::memory_order_relaxed);
-    t.shootdowns_marked += v.shootdowns_marked.load(std::memory_order_relaxed);
-    t.idles += v.idles.load(std::memory_order_relaxed);
+WorkloadCounts Workload::totals() const {
+  WorkloadCounts t;
+  for (const CounterSpec& spec : workload_counters()) {
+    std::uint64_t& total = t[spec.counter];
+    switch (spec.source) {
+      case CounterSource::kVcpuTallies:
+        for (std::size_t i = 0; i < ids_.size(); ++i) {
+          total += tallies_[i].counts[static_cast<std::size_t>(spec.counter)].load(
+              std::memory_order_relaxed);
+        }
+        break;
+      case CounterSource::kNmiHandlers:
+        total = nmi_runs();
+        break;
+      case CounterSource::kGuest:
+        total = spec.read_guest();
+        break;
+    }
   }
-  t.nmi_acquisitions = nmi_runs();
   return t;
 }
 

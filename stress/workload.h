@@ -25,6 +25,7 @@
 #include "repatch/error.h"
 #include "stress/scenario.h"
 #include "stress/violations.h"
+#include "stress/workload_counters.h"
 #include "sync/vcpu.h"
 
 namespace repatch::stress {
@@ -33,30 +34,12 @@ namespace repatch::stress {
 /// after the threads are joined, for the final checks, where the join orders them).
 struct alignas(64) VcpuTally {
   std::atomic<std::uint64_t> iterations{0};  ///< loop iterations: the watchdog's sign of life
-  std::atomic<std::uint64_t> ops{0};         ///< op-site calls (lock, unlock, tlb, demo)
-  /// Acquisitions of the counter locks, by the encoding of the lock word just after acquiring
-  /// (index: guest::kNativeVariant, guest::kPvVariant).
-  std::atomic<std::uint64_t> acquisitions[2] = {};
-  std::atomic<std::uint64_t> demo_increments{0};
-  /// Increments under the elided locks (the lock_elision, cpu_number and cache_flush sites).
-  std::atomic<std::uint64_t> elided_increments{0};
-  std::atomic<std::uint64_t> translations{0};
-  std::atomic<std::uint64_t> shootdowns{0};
-  std::atomic<std::uint64_t> shootdowns_marked{0};  ///< targets left a flush-on-resume mark
-  std::atomic<std::uint64_t> idles{0};              ///< times it went offline (halted) briefly
-};
+  /// The counters of source CounterSource::kVcpuTallies (the others stay 0).
+  std::atomic<std::uint64_t> counts[kCounterCount] = {};
 
-/// Totals over every vCPU and the NMI handler.
-struct WorkloadTotals {
-  std::uint64_t ops = 0;
-  std::uint64_t acquisitions[2] = {};  ///< counter-lock acquisitions by encoding (native, pv)
-  std::uint64_t nmi_acquisitions = 0;  ///< acquisitions of the NMI lock, in NMI handlers
-  std::uint64_t demo_increments = 0;
-  std::uint64_t elided_increments = 0;
-  std::uint64_t translations = 0;
-  std::uint64_t shootdowns = 0;
-  std::uint64_t shootdowns_marked = 0;
-  std::uint64_t idles = 0;
+  void add(Counter counter, std::uint64_t n = 1) {
+    counts[static_cast<std::size_t>(counter)].fetch_add(n, std::memory_order_relaxed);
+  }
 };
 
 class Workload {
@@ -95,7 +78,9 @@ class Workload {
   std::uint64_t nmi_runs_of(sync::VcpuId id) const {
     return nmi_runs_[id].load(std::memory_order_relaxed);
   }
-  WorkloadTotals totals() const;
+  /// Every counter of workload_counters() now: the vCPUs' tallies summed, the NMI handler's
+  /// runs, the guest's statistics.
+  WorkloadCounts totals() const;
 
   /// After a commit: checks that every lock is in the encoding of `spinlock_variant`
   /// (guest::kNativeVariant or kPvVariant) and records a kStateEncoding violation for each that

@@ -4,8 +4,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <string>
+
+#include "base/errno_text.h"
 
 namespace repatch::sync::detail {
 namespace {
@@ -20,12 +21,6 @@ constexpr int kNestedFrames = 3;
 
 std::size_t page_size() {
   return static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-}
-
-std::string errno_text(int err) {
-  char buf[128];
-  // The GNU strerror_r may return a static string instead of filling buf.
-  return strerror_r(err, buf, sizeof buf);
 }
 
 }  // namespace
@@ -56,14 +51,15 @@ Status AltStack::install() {
     const int err = errno;
     return Error(ErrorCode::kSystem,
                  "mmap of a " + std::to_string(total) +
-                     "-byte alternate signal stack for a vCPU failed: " + errno_text(err));
+                     "-byte alternate signal stack for a vCPU failed: " + text::errno_text(err));
   }
   // Stacks grow down, so the guard goes at the lowest address.
   if (mprotect(mapping, page, PROT_NONE) != 0) {
     const int err = errno;
     munmap(mapping, total);
-    return Error(ErrorCode::kSystem,
-                 "mprotect of the alternate signal stack's guard page failed: " + errno_text(err));
+    return Error(
+        ErrorCode::kSystem,
+        "mprotect of the alternate signal stack's guard page failed: " + text::errno_text(err));
   }
   stack_t ss{};
   ss.ss_sp = static_cast<char*>(mapping) + page;
@@ -76,7 +72,7 @@ Status AltStack::install() {
     return Error(ErrorCode::kSystem,
                  "sigaltstack for a vCPU failed (EPERM: called from a handler running on an "
                  "alternate stack): " +
-                     errno_text(err));
+                     text::errno_text(err));
   }
   mapping_ = mapping;
   mapping_size_ = total;

@@ -5,10 +5,11 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <mutex>
 #include <string>
 
+#include "base/errno_text.h"
+#include "base/return_if_error.h"
 #include "sync/vcpu.h"
 
 namespace repatch::sync {
@@ -83,12 +84,6 @@ bool signal_is_free(int sig) {
   return (current.sa_flags & SA_SIGINFO) == 0 && current.sa_handler == SIG_DFL;
 }
 
-std::string errno_text(int err) {
-  char buf[128];
-  // The GNU strerror_r may return a static string instead of filling buf.
-  return strerror_r(err, buf, sizeof buf);
-}
-
 Status install(int sig, void (*handler)(int, siginfo_t*, void*), const sigset_t& mask,
                const char* what) {
   struct sigaction action {};
@@ -99,7 +94,7 @@ Status install(int sig, void (*handler)(int, siginfo_t*, void*), const sigset_t&
     const int err = errno;
     return Error(ErrorCode::kSystem, std::string("sigaction(") + std::to_string(sig) +
                                          ") for the " + what +
-                                         " handler failed: " + errno_text(err));
+                                         " handler failed: " + text::errno_text(err));
   }
   return {};
 }
@@ -142,9 +137,7 @@ Status install_interrupt_signals() {
   sigaddset(&nmi_mask, nmi);
 
   // The NMI handler first, so that an IPI handler never exists without the NMI one.
-  if (Status s = install(nmi, &on_nmi, nmi_mask, "NMI"); !s.ok()) {
-    return s;
-  }
+  REPATCH_RETURN_IF_ERROR(install(nmi, &on_nmi, nmi_mask, "NMI"));
   if (Status s = install(ipi, &on_ipi, ipi_mask, "IPI"); !s.ok()) {
     signal(nmi, SIG_DFL);
     return s;

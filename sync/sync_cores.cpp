@@ -6,11 +6,11 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <mutex>
 #include <string>
 
 #include "arch/x86/sync_core.h"
+#include "base/errno_text.h"
 #include "sync/realtime.h"
 #include "sync/vcpu.h"
 
@@ -38,7 +38,8 @@ Status register_sync_cores() {
     return Error(ErrorCode::kUnsupported,
                  std::string("membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) "
                              "failed: ") +
-                     std::strerror(err) + "; this kernel cannot serialise other CPUs without IPIs");
+                     text::errno_text(err) +
+                     "; this kernel cannot serialise other CPUs without IPIs");
   }
   // Release pairs with the acquire in sync_cores(): a thread that sees the flag may issue the
   // command.

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "arch/x86/sync_core.h"
+#include "base/return_if_error.h"
 #include "sync/alt_stack.h"
 #include "sync/signals.h"
 
@@ -176,9 +177,7 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
                                         std::to_string(t_current->id()) +
                                         "; a thread registers once (destroy its Vcpu first)");
   }
-  if (Status s = detail::install_interrupt_signals(); !s.ok()) {
-    return s.error();
-  }
+  REPATCH_RETURN_IF_ERROR(detail::install_interrupt_signals());
 
   VcpuId id = 0;
   bool claimed = false;

@@ -2,7 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
-#include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -10,6 +10,7 @@
 
 #include "base/json.h"
 #include "repatch/triggers.h"
+#include "tools/command_line.h"
 #include "trigger/text_fields.h"
 
 namespace repatch::tools {
@@ -82,94 +83,56 @@ std::optional<triggers::Thresholds> parse_thresholds(std::string_view s) {
   return triggers::Thresholds{.enter = *enter, .leave = *leave};
 }
 
-// Returns 0 to go on, -1 to stop with 0 (help), or the exit status to stop with.
-int parse(int argc, char** argv, Options& o) {
+// Returns nothing to go on, or the exit status to stop with.
+std::optional<int> parse(int argc, char** argv, Options& o) {
   o.policy.dry_run = true;
   bool json = false, trace = false;
-  for (int i = 0; i < argc; ++i) {
-    // --option=value is --option value.
-    std::string_view arg = argv[i];
-    const char* inline_value = nullptr;
-    const std::string name(arg.substr(0, arg.find('=')));  // for messages
-    if (const std::size_t eq = arg.find('=');
-        arg.starts_with("--") && eq != std::string_view::npos) {
-      inline_value = argv[i] + eq + 1;
-      arg = arg.substr(0, eq);
-    }
-    auto next = [&]() -> const char* {
-      if (inline_value != nullptr) return std::exchange(inline_value, nullptr);
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "repatch monitor: %s needs a value\n", argv[i]);
-        return nullptr;
-      }
-      return argv[++i];
-    };
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      return -1;
-    } else if (arg == "--once") {
-      o.once = true;
-    } else if (arg == "--json") {
-      json = true;
-    } else if (arg == "--trace") {
-      trace = true;
-    } else if (arg == "--interval" || arg == "--dwell") {
-      const char* v = next();
-      if (v == nullptr) return 2;
-      const auto t = parse_time(v);
+  auto time_into = [](std::chrono::nanoseconds* out) -> ValueReader {
+    return [out](std::string_view value) -> std::optional<std::string> {
+      const auto t = parse_time(value);
       if (!t) {
-        std::fprintf(stderr,
-                     "repatch monitor: %s wants a time such as 250ms, 2s or 1.5 (seconds, more "
-                     "than 0, at most an hour), not '%s'\n",
-                     name.c_str(), v);
-        return 2;
+        return "wants a time such as 250ms, 2s or 1.5 (seconds, more than 0, at most an hour), "
+               "not " +
+               quoted(value);
       }
-      (arg == "--interval" ? o.interval : o.policy.min_dwell) = *t;
-    } else if (arg == "--count") {
-      const char* v = next();
-      if (v == nullptr) return 2;
-      const auto n = triggers::text::parse_u64(v);
-      if (!n || *n == 0) {
-        std::fprintf(stderr, "repatch monitor: --count wants a whole number above 0, not '%s'\n",
-                     v);
-        return 2;
+      *out = *t;
+      return std::nullopt;
+    };
+  };
+  auto thresholds_into = [](std::optional<triggers::Thresholds>* out) -> ValueReader {
+    return [out](std::string_view value) -> std::optional<std::string> {
+      if (value == "off") {
+        *out = std::nullopt;
+        return std::nullopt;
       }
-      o.count = *n;
-    } else if (arg == "--steal" || arg == "--psi") {
-      const char* v = next();
-      if (v == nullptr) return 2;
-      std::optional<triggers::Thresholds>& field = arg == "--steal" ? o.policy.steal : o.policy.psi;
-      if (std::string_view(v) == "off") {
-        field = std::nullopt;
-        continue;
-      }
-      field = parse_thresholds(v);
-      if (!field) {
-        std::fprintf(stderr,
-                     "repatch monitor: %s wants ENTER:LEAVE in percent or 'off', not '%s'\n",
-                     name.c_str(), v);
-        return 2;
-      }
-    } else {
-      std::fprintf(stderr, "repatch monitor: unknown argument '%s'\n\n%s", argv[i], kUsage);
-      return 2;
-    }
-    if (inline_value != nullptr) {
-      std::fprintf(stderr, "repatch monitor: %s takes no value\n", name.c_str());
-      return 2;
-    }
-  }
-  if (json && trace) {
-    std::fprintf(stderr, "repatch monitor: --json and --trace exclude each other\n");
-    return 2;
-  }
+      *out = parse_thresholds(value);
+      if (!*out) return "wants ENTER:LEAVE in percent or 'off', not " + quoted(value);
+      return std::nullopt;
+    };
+  };
+  CommandLine command_line("repatch monitor", kUsage);
+  command_line.flag("--once", &o.once)
+      .flag("--json", &json)
+      .flag("--trace", &trace)
+      .option("--interval", time_into(&o.interval))
+      .option("--dwell", time_into(&o.policy.min_dwell))
+      .option("--count",
+              [&o](std::string_view value) -> std::optional<std::string> {
+                const auto n = triggers::text::parse_u64(value);
+                if (!n || *n == 0) return "wants a whole number above 0, not " + quoted(value);
+                o.count = *n;
+                return std::nullopt;
+              })
+      .option("--steal", thresholds_into(&o.policy.steal))
+      .option("--psi", thresholds_into(&o.policy.psi));
+  if (const std::optional<int> stop = command_line.parse(argc, argv)) return stop;
+  if (json && trace) return command_line.usage_error("--json and --trace exclude each other");
   o.format = json ? Format::kJson : trace ? Format::kTrace : Format::kText;
   if (Status s = triggers::validate(o.policy); !s.ok()) {
-    std::fprintf(stderr, "repatch monitor: %s\n", s.error().message().c_str());
-    return 2;
+    return command_line.usage_error(s.error().message());
   }
   if (o.once) o.count = 1;
-  return 0;
+  return std::nullopt;
 }
 
 std::string percent(const std::optional<double>& v) {
@@ -258,7 +221,7 @@ void json_cpu(text::JsonWriter& j, const triggers::HypervisorHints& h,
 
 int monitor_command(int argc, char** argv) {
   Options o;
-  if (const int status = parse(argc, argv, o); status != 0) return status < 0 ? 0 : status;
+  if (const std::optional<int> stop = parse(argc, argv, o)) return *stop;
 
   const triggers::HypervisorHints hints = triggers::read_hypervisor_hints();
   std::unique_ptr<triggers::CpuSource> cpu = triggers::make_real_cpu_source();

@@ -1,7 +1,7 @@
 #include "tools/status_command.h"
 
 #include <cstdio>
-#include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -9,6 +9,7 @@
 #include "base/json.h"
 #include "base/text.h"
 #include "repatch/engine.h"
+#include "tools/command_line.h"
 
 namespace repatch::tools {
 namespace {
@@ -39,66 +40,32 @@ struct Options {
   bool json = false;
 };
 
-// Returns 0 to go on, or the exit status to stop with.
-int parse(int argc, char** argv, Options& options) {
-  for (int i = 0; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto next = [&](const char* what) -> const char* {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "repatch status: %s needs a value\n", what);
-        return nullptr;
-      }
-      return argv[++i];
-    };
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      return -1;
-    } else if (arg == "--json") {
-      options.json = true;
-    } else if (arg == "--set") {
-      const char* value = next("--set");
-      if (value == nullptr) return 2;
-      const char* eq = std::strchr(value, '=');
-      if (eq == nullptr || eq == value || eq[1] == '\0') {
-        std::fprintf(stderr, "repatch status: --set wants GROUP=VARIANT, got '%s'\n", value);
-        return 2;
-      }
-      const std::string group(value, eq);
-      for (const GroupChoice& earlier : options.boot.initial) {
-        if (earlier.group == group) {
-          std::fprintf(stderr, "repatch status: --set names group '%s' twice\n", group.c_str());
-          return 2;
-        }
-      }
-      options.boot.initial.push_back({group, std::string(eq + 1)});
-    } else if (arg == "--cpu-features") {
-      const char* value = next("--cpu-features");
-      if (value == nullptr) return 2;
-      std::vector<std::string> features;
-      for (std::string_view rest = value; !rest.empty();) {
-        const std::size_t comma = rest.find(',');
-        const std::string_view name = rest.substr(0, comma);
-        if (!name.empty()) features.emplace_back(name);
-        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-      }
-      options.boot.features = std::move(features);
-    } else if (arg == "--writer") {
-      const char* value = next("--writer");
-      if (value == nullptr) return 2;
-      if (std::string_view(value) == "memfd") {
-        options.boot.writer = TextWriter::kMemfdAlias;
-      } else if (std::string_view(value) == "procmem") {
-        options.boot.writer = TextWriter::kProcSelfMem;
-      } else {
-        std::fprintf(stderr, "repatch status: --writer is memfd or procmem, not '%s'\n", value);
-        return 2;
-      }
-    } else {
-      std::fprintf(stderr, "repatch status: unknown argument '%s'\n%s", argv[i], kUsage);
-      return 2;
-    }
-  }
-  return 0;
+// Returns nothing to go on, or the exit status to stop with.
+std::optional<int> parse(int argc, char** argv, Options& options) {
+  CommandLine command_line("repatch status", kUsage);
+  command_line.flag("--json", &options.json)
+      .option("--set",
+              [&options](std::string_view value) -> std::optional<std::string> {
+                const std::size_t eq = value.find('=');
+                if (eq == std::string_view::npos || eq == 0 || eq + 1 == value.size()) {
+                  return "wants GROUP=VARIANT, got " + quoted(value);
+                }
+                const std::string group(value.substr(0, eq));
+                for (const GroupChoice& earlier : options.boot.initial) {
+                  if (earlier.group == group) return "names group " + quoted(group) + " twice";
+                }
+                options.boot.initial.push_back({group, std::string(value.substr(eq + 1))});
+                return std::nullopt;
+              })
+      .option("--cpu-features",
+              [&options](std::string_view value) {
+                options.boot.features = comma_list(value);
+                return std::optional<std::string>();
+              })
+      .option("--writer",
+              choice_into(&options.boot.writer, {std::pair{"memfd", TextWriter::kMemfdAlias},
+                                                 std::pair{"procmem", TextWriter::kProcSelfMem}}));
+  return command_line.parse(argc, argv);
 }
 
 void print_text(const EngineStatus& s) {
@@ -186,7 +153,7 @@ const char* status_usage() {
 
 int status_command(int argc, char** argv) {
   Options options;
-  if (int rc = parse(argc, argv, options); rc != 0) return rc < 0 ? 0 : rc;
+  if (const std::optional<int> stop = parse(argc, argv, options)) return *stop;
   Result<Engine*> engine = Engine::boot(options.boot);
   if (!engine.ok()) {
     std::fprintf(stderr, "repatch status: boot failed: %s\n", engine.error().to_string().c_str());

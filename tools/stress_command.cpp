@@ -1,10 +1,9 @@
 #include "tools/stress_command.h"
 
-#include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -12,6 +11,7 @@
 #include "stress/report.h"
 #include "stress/run.h"
 #include "stress/scenario.h"
+#include "tools/command_line.h"
 
 namespace repatch::tools {
 namespace {
@@ -89,167 +89,50 @@ constexpr const char* kUsage =
 
 constexpr const char* kCommand = "repatch stress";
 
-// Returns false (after printing why) when `text` is not a number in full.
-bool parse_number(const char* option, const char* text, double* out) {
-  errno = 0;
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || *end != '\0' || errno != 0 || !std::isfinite(value)) {
-    std::fprintf(stderr, "%s: %s wants a number, got '%s'\n", kCommand, option, text);
-    return false;
-  }
-  *out = value;
-  return true;
-}
-
-bool parse_whole(const char* option, const char* text, std::uint64_t* out) {
-  errno = 0;
-  char* end = nullptr;
-  const unsigned long long value = std::strtoull(text, &end, 0);
-  if (end == text || *end != '\0' || errno != 0 || text[0] == '-') {
-    std::fprintf(stderr, "%s: %s wants a whole number >= 0, got '%s'\n", kCommand, option, text);
-    return false;
-  }
-  *out = value;
-  return true;
-}
-
-// A count that must fit an int; the scenario's validation checks its range.
-bool parse_count(const char* option, const char* text, int* out) {
-  std::uint64_t value = 0;
-  if (!parse_whole(option, text, &value)) return false;
-  if (value > 1000000000) {
-    std::fprintf(stderr, "%s: %s %s is out of range\n", kCommand, option, text);
-    return false;
-  }
-  *out = static_cast<int>(value);
-  return true;
-}
-
-bool parse_seconds(const char* option, const char* text, std::chrono::milliseconds* out) {
-  double seconds = 0;
-  if (!parse_number(option, text, &seconds)) return false;
-  if (seconds < 0 || seconds > 1e9) {
-    std::fprintf(stderr, "%s: %s wants seconds >= 0, got '%s'\n", kCommand, option, text);
-    return false;
-  }
-  *out = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000.0)));
-  return true;
-}
-
-// Returns 0 to go on, -1 after --help, or the exit status to stop with.
-int parse(int argc, char** argv, stress::Scenario& s) {
-  for (int i = 0; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    std::string inline_value;
-    bool has_inline = false;
-    if (arg.starts_with("--")) {
-      if (const std::size_t eq = arg.find('='); eq != std::string_view::npos) {
-        inline_value = std::string(arg.substr(eq + 1));
-        arg = arg.substr(0, eq);
-        has_inline = true;
-      }
-    }
-    const std::string name(arg);
-    auto value = [&]() -> const char* {
-      if (has_inline) return inline_value.c_str();
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s: %s needs a value\n", kCommand, name.c_str());
-        return nullptr;
-      }
-      return argv[++i];
-    };
-    auto flag = [&]() {
-      if (!has_inline) return true;
-      std::fprintf(stderr, "%s: %s takes no value\n", kCommand, name.c_str());
-      return false;
-    };
-    bool ok = true;
-    const char* v = nullptr;
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      return -1;
-    } else if (arg == "--json") {
-      ok = flag();
-      s.json = true;
-    } else if (arg == "--quiet") {
-      ok = flag();
-      s.quiet = true;
-    } else if (arg == "--vcpus") {
-      ok = (v = value()) != nullptr && parse_count(name.c_str(), v, &s.vcpus);
-    } else if (arg == "--locks") {
-      ok = (v = value()) != nullptr && parse_count(name.c_str(), v, &s.locks);
-    } else if (arg == "--duration") {
-      ok = (v = value()) != nullptr && parse_seconds(name.c_str(), v, &s.duration);
-    } else if (arg == "--watchdog") {
-      ok = (v = value()) != nullptr && parse_seconds(name.c_str(), v, &s.watchdog);
-    } else if (arg == "--switch-rate") {
-      ok = (v = value()) != nullptr && parse_number(name.c_str(), v, &s.switch_rate);
-    } else if (arg == "--nmi-rate") {
-      ok = (v = value()) != nullptr && parse_number(name.c_str(), v, &s.nmi_rate);
-    } else if (arg == "--preempt-rate") {
-      ok = (v = value()) != nullptr && parse_number(name.c_str(), v, &s.preempt_rate);
-    } else if (arg == "--seed") {
-      ok = (v = value()) != nullptr && parse_whole(name.c_str(), v, &s.seed);
-    } else if (arg == "--trigger") {
-      ok = (v = value()) != nullptr;
-      const std::string_view t = ok ? std::string_view(v) : std::string_view("manual");
-      if (t == "manual") {
-        s.trigger = stress::Trigger::kManual;
-      } else if (t == "simulated") {
-        s.trigger = stress::Trigger::kSimulated;
-      } else if (t == "real") {
-        s.trigger = stress::Trigger::kReal;
-      } else if (t.starts_with("replay:") && t.size() > 7) {
-        s.trigger = stress::Trigger::kReplay;
-        s.replay_file = std::string(t.substr(7));
-      } else {
-        std::fprintf(stderr,
-                     "%s: --trigger '%s' is not one of manual, simulated, real, replay:FILE\n",
-                     kCommand, v);
-        ok = false;
-      }
-    } else if (arg == "--writer") {
-      ok = (v = value()) != nullptr;
-      const std::string_view w = ok ? std::string_view(v) : std::string_view("auto");
-      if (w == "auto") {
-        s.writer = SwitchWriter::kAuto;
-      } else if (w == "stop") {
-        s.writer = SwitchWriter::kStopMachine;
-      } else if (w == "stopless") {
-        s.writer = SwitchWriter::kStopless;
-      } else if (ok) {
-        std::fprintf(stderr, "%s: --writer '%s' is not one of auto, stop, stopless\n", kCommand, v);
-        ok = false;
-      }
-    } else if (arg == "--microcode-every") {
-      ok = (v = value()) != nullptr && parse_number(name.c_str(), v, &s.microcode_every_s);
-    } else if (arg == "--groups") {
-      ok = (v = value()) != nullptr;
-      if (ok) {
-        s.groups.clear();
-        for (std::string_view rest = v; !rest.empty();) {
-          const std::size_t comma = rest.find(',');
-          const std::string_view group = rest.substr(0, comma);
-          if (!group.empty()) s.groups.emplace_back(group);
-          rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-        }
-        if (s.groups.empty()) {
-          std::fprintf(stderr, "%s: --groups names no group\n", kCommand);
-          ok = false;
-        }
-      }
-    } else {
-      std::fprintf(stderr, "%s: unknown argument '%s'\n\n%s", kCommand, argv[i], kUsage);
-      return 2;
-    }
-    if (!ok) return 2;
-  }
+// Returns nothing to go on, or the exit status to stop with.
+std::optional<int> parse(int argc, char** argv, stress::Scenario& s) {
+  CommandLine command_line(kCommand, kUsage);
+  command_line.flag("--json", &s.json)
+      .flag("--quiet", &s.quiet)
+      .option("--vcpus", count_into(&s.vcpus))
+      .option("--locks", count_into(&s.locks))
+      .option("--duration", seconds_into(&s.duration))
+      .option("--watchdog", seconds_into(&s.watchdog))
+      .option("--switch-rate", number_into(&s.switch_rate))
+      .option("--nmi-rate", number_into(&s.nmi_rate))
+      .option("--preempt-rate", number_into(&s.preempt_rate))
+      .option("--microcode-every", number_into(&s.microcode_every_s))
+      .option("--seed", whole_into(&s.seed))
+      .option("--trigger",
+              [&s](std::string_view value) -> std::optional<std::string> {
+                constexpr std::string_view kReplay = "replay:";
+                if (value == "manual") {
+                  s.trigger = stress::Trigger::kManual;
+                } else if (value == "simulated") {
+                  s.trigger = stress::Trigger::kSimulated;
+                } else if (value == "real") {
+                  s.trigger = stress::Trigger::kReal;
+                } else if (value.starts_with(kReplay) && value.size() > kReplay.size()) {
+                  s.trigger = stress::Trigger::kReplay;
+                  s.replay_file = std::string(value.substr(kReplay.size()));
+                } else {
+                  return "is one of manual, simulated, real, replay:FILE, not " + quoted(value);
+                }
+                return std::nullopt;
+              })
+      .option("--writer", choice_into(&s.writer, {std::pair{"auto", SwitchWriter::kAuto},
+                                                  std::pair{"stop", SwitchWriter::kStopMachine},
+                                                  std::pair{"stopless", SwitchWriter::kStopless}}))
+      .option("--groups", [&s](std::string_view value) -> std::optional<std::string> {
+        s.groups = comma_list(value);
+        if (s.groups.empty()) return "names no group";
+        return std::nullopt;
+      });
+  if (const std::optional<int> stop = command_line.parse(argc, argv)) return stop;
   if (const Status valid = stress::validate(s); !valid.ok()) {
-    std::fprintf(stderr, "%s: %s\n", kCommand, valid.error().message().c_str());
-    return 2;
+    return command_line.usage_error(valid.error().message());
   }
-  return 0;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -260,7 +143,7 @@ const char* stress_usage() {
 
 int stress_command(int argc, char** argv) {
   stress::Scenario scenario;
-  if (const int rc = parse(argc, argv, scenario); rc != 0) return rc < 0 ? 0 : rc;
+  if (const std::optional<int> stop = parse(argc, argv, scenario)) return *stop;
   std::unique_ptr<triggers::HintSource> replay;
   if (scenario.trigger == stress::Trigger::kReplay) {
     Result<std::unique_ptr<triggers::HintSource>> loaded =

@@ -4,7 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
+
+#include "base/errno_text.h"
 
 namespace repatch::triggers {
 
@@ -12,7 +13,7 @@ Result<std::optional<std::string>> read_file_text(const std::string& path, std::
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT || errno == ENOTDIR) return std::optional<std::string>();
-    return Error(ErrorCode::kSystem, "cannot open " + path + ": " + std::strerror(errno));
+    return Error(ErrorCode::kSystem, "cannot open " + path + ": " + text::errno_text(errno));
   }
   std::string out;
   char buffer[8192];
@@ -22,7 +23,7 @@ Result<std::optional<std::string>> read_file_text(const std::string& path, std::
       if (errno == EINTR) continue;
       const int saved = errno;
       ::close(fd);
-      return Error(ErrorCode::kSystem, "cannot read " + path + ": " + std::strerror(saved));
+      return Error(ErrorCode::kSystem, "cannot read " + path + ": " + text::errno_text(saved));
     }
     if (n == 0) break;
     if (out.size() + static_cast<std::size_t>(n) > max_bytes) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "base/return_if_error.h"
 #include "repatch/triggers.h"
 
 namespace repatch::triggers {
@@ -63,9 +64,9 @@ struct Signal {
 }  // namespace
 
 Status validate(const PolicyConfig& config) {
-  if (Status s = check_thresholds("steal", config.steal); !s.ok()) return s;
-  if (Status s = check_thresholds("psi", config.psi); !s.ok()) return s;
-  if (Status s = check_thresholds("runnable_per_cpu", config.runnable_per_cpu); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(check_thresholds("steal", config.steal));
+  REPATCH_RETURN_IF_ERROR(check_thresholds("psi", config.psi));
+  REPATCH_RETURN_IF_ERROR(check_thresholds("runnable_per_cpu", config.runnable_per_cpu));
   if (config.max_switches == 0) {
     return Error(ErrorCode::kInvalidArgument, "policy max_switches must be at least 1");
   }

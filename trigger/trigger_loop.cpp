@@ -1,6 +1,7 @@
 // The trigger loop: poll a hint source, decide, switch, log.
 #include <set>
 
+#include "base/return_if_error.h"
 #include "repatch/triggers.h"
 
 namespace repatch::triggers {
@@ -12,7 +13,7 @@ SwitchFunction engine_switcher(Engine* engine) {
 }
 
 Status validate(const TriggerConfig& config) {
-  if (Status s = validate(config.policy); !s.ok()) return s;
+  REPATCH_RETURN_IF_ERROR(validate(config.policy));
   if (config.interval.count() <= 0) {
     return Error(ErrorCode::kInvalidArgument, "trigger interval must be positive");
   }
@@ -33,10 +34,8 @@ Status validate(const TriggerConfig& config) {
     return {};
   };
   std::set<std::string> dedicated, oversubscribed;
-  if (Status s = groups(config.dedicated, "dedicated", dedicated); !s.ok()) return s;
-  if (Status s = groups(config.oversubscribed, "oversubscribed", oversubscribed); !s.ok()) {
-    return s;
-  }
+  REPATCH_RETURN_IF_ERROR(groups(config.dedicated, "dedicated", dedicated));
+  REPATCH_RETURN_IF_ERROR(groups(config.oversubscribed, "oversubscribed", oversubscribed));
   if (dedicated != oversubscribed) {
     return Error(ErrorCode::kInvalidArgument,
                  "trigger dedicated and oversubscribed choices must name the same groups");
@@ -47,7 +46,7 @@ Status validate(const TriggerConfig& config) {
 Result<std::unique_ptr<TriggerLoop>> TriggerLoop::create(std::unique_ptr<HintSource> source,
                                                          TriggerConfig config,
                                                          SwitchFunction switcher) {
-  if (Status s = validate(config); !s.ok()) return s.error();
+  REPATCH_RETURN_IF_ERROR(validate(config));
   if (source == nullptr) return Error(ErrorCode::kInvalidArgument, "trigger source is null");
   if (!switcher) return Error(ErrorCode::kInvalidArgument, "trigger switch function is empty");
   return std::unique_ptr<TriggerLoop>(

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string_view>
 
+#include "base/return_if_error.h"
 #include "base/text.h"
 
 namespace repatch::x86 {
@@ -397,10 +398,7 @@ Result<ZydisEncoderRequest> absolute_request(const Decoded& fragment, std::uintp
 
 Result<Image> reencode_at_site(const Decoded& fragment, std::span<const std::uint8_t> bytes,
                                std::uintptr_t from, std::uintptr_t to, std::size_t site_length) {
-  if (Status reachable = check_targets_reachable(fragment, bytes, from, to, site_length);
-      !reachable.ok()) {
-    return reachable.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_targets_reachable(fragment, bytes, from, to, site_length));
   Result<ZydisEncoderRequest> request = absolute_request(fragment, from);
   if (!request.ok()) {
     return request.error();
@@ -412,10 +410,7 @@ Result<Image> reencode_at_site(const Decoded& fragment, std::span<const std::uin
   if (!encoded.ok()) {
     return encoded.error();
   }
-  if (Status paddable = check_paddable(fragment, bytes, from, encoded.value().pad, site_length);
-      !paddable.ok()) {
-    return paddable.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_paddable(fragment, bytes, from, encoded.value().pad, site_length));
   return encoded.value().image;
 }
 
@@ -577,17 +572,12 @@ Result<Image> relocate_to_site(std::span<const std::uint8_t> fragment, std::uint
   if (!moved.ok()) {
     return moved;
   }
-  if (Status checked = check_relocated(original, from, moved.value(), to); !checked.ok()) {
-    return checked.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_relocated(original, from, moved.value(), to));
   return moved;
 }
 
 Result<Image> encode_call(std::uintptr_t site, std::uintptr_t target, std::size_t site_length) {
-  if (Status length = check_site_length(site_length, kCallRel32Length, site, "call rel32");
-      !length.ok()) {
-    return length.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_site_length(site_length, kCallRel32Length, site, "call rel32"));
   if (!within_rel32(target, site + site_length)) {
     return Error(ErrorCode::kUnrelocatable,
                  "call target " + hex(target) +

@@ -8,7 +8,8 @@
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
-#include <cstring>
+
+#include "base/errno_text.h"
 
 namespace repatch::x86 {
 namespace {
@@ -121,12 +122,6 @@ const char* parse_line(std::string_view line, MapEntry& entry) {
   return "";
 }
 
-std::string errno_text(int err) {
-  char buf[128];
-  // The GNU strerror_r may return a static string instead of filling buf.
-  return strerror_r(err, buf, sizeof buf);
-}
-
 }  // namespace
 
 Result<std::vector<MapEntry>> parse_proc_maps(std::string_view text) {
@@ -156,8 +151,8 @@ Result<std::vector<MapEntry>> read_proc_maps(const char* path) {
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    return Error(ErrorCode::kSystem,
-                 std::string("open(\"") + path + "\") for reading failed: " + errno_text(err));
+    return Error(ErrorCode::kSystem, std::string("open(\"") + path +
+                                         "\") for reading failed: " + text::errno_text(err));
   }
   // Read to the end before parsing: the kernel produces the file in page-sized chunks, and a
   // line must never be split between two parse calls.
@@ -172,7 +167,7 @@ Result<std::vector<MapEntry>> read_proc_maps(const char* path) {
       int err = errno;
       ::close(fd);
       return Error(ErrorCode::kSystem,
-                   std::string("read(\"") + path + "\") failed: " + errno_text(err));
+                   std::string("read(\"") + path + "\") failed: " + text::errno_text(err));
     }
     if (n == 0) {
       break;

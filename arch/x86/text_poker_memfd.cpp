@@ -46,7 +46,9 @@
 #include "arch/x86/code_store.h"
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/errno_text.h"
 #include "base/fixed_line.h"
+#include "base/return_if_error.h"
 #include "base/test_hooks.h"
 #include "base/text.h"
 
@@ -89,11 +91,6 @@ std::string range_text(std::uintptr_t begin, std::uintptr_t end) {
   return "[" + hex(begin) + ", " + hex(end) + ")";
 }
 
-std::string errno_text(int err) {
-  char buf[128];
-  return strerror_r(err, buf, sizeof buf);  // GNU variant: may return a static string
-}
-
 // Copies [begin, begin+len) of our own memory into the start of `fd`. The source is the text
 // itself, readable because it is r-x; pwrite reads it without any writable mapping of it.
 // Async-signal-safe. Returns 0 or an errno value.
@@ -128,8 +125,11 @@ int copy_text_into(int fd, std::uintptr_t begin, std::size_t len) {
       .hex(r.end)
       .text("): ")
       .text(call)
-      .text(" failed, errno ")
-      .dec(static_cast<std::uint64_t>(err))
+      .text(" failed: ")
+      .text(text::errno_description(err))
+      .text(" (")
+      .text(text::errno_name(err))
+      .text(")")
       .text("; exiting (status 127) rather than run code the parent patches\n");
   const char* p = line + std::strlen(line);
   const char* q = line;
@@ -345,7 +345,7 @@ Status check_text_mapping(std::uintptr_t begin, std::uintptr_t end) {
 
 Error system_error(const std::string& call, int err, std::uintptr_t begin, std::uintptr_t end) {
   return Error(ErrorCode::kSystem, "memfd poker for text " + range_text(begin, end) + ": " + call +
-                                       " failed: " + errno_text(err));
+                                       " failed: " + text::errno_text(err));
 }
 
 }  // namespace
@@ -400,9 +400,7 @@ Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::u
                  "memfd poker: " + std::to_string(kMaxRegions) +
                      " memfd pokers are already live; cover adjacent pages with one poker");
   }
-  if (Status s = check_text_mapping(begin, end); !s.ok()) {
-    return s.error();
-  }
+  REPATCH_RETURN_IF_ERROR(check_text_mapping(begin, end));
 
   int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC);
   if (fd < 0) {

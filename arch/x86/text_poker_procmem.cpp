@@ -24,6 +24,7 @@
 
 #include "arch/x86/proc_maps.h"
 #include "arch/x86/text_poker.h"
+#include "base/errno_text.h"
 #include "base/text.h"
 
 namespace repatch::x86 {
@@ -33,11 +34,6 @@ constexpr const char* kProcSelfMem = "/proc/self/mem";
 
 using text::hex;
 
-std::string errno_text(int err) {
-  char buf[128];
-  return strerror_r(err, buf, sizeof buf);  // GNU variant: may return a static string
-}
-
 // Builds the error for a pwrite that failed with `err` after `done` of `size` bytes at `address`.
 Error refused_write(std::uintptr_t address, std::size_t size, std::size_t done, int err) {
   std::string what =
@@ -45,7 +41,7 @@ Error refused_write(std::uintptr_t address, std::size_t size, std::size_t done, 
   if (done > 0) {
     what += " after " + std::to_string(done) + " bytes (the range now holds a mix of old and new)";
   }
-  what += ": " + errno_text(err);
+  what += ": " + text::errno_text(err);
 
   auto maps = read_proc_maps();
   if (!maps.ok()) {
@@ -125,7 +121,7 @@ Result<std::unique_ptr<TextPoker>> make_procmem_poker() {
   if (fd < 0) {
     int err = errno;
     return Error(ErrorCode::kSystem, std::string("open(\"") + kProcSelfMem +
-                                         "\", O_RDWR) failed: " + errno_text(err) +
+                                         "\", O_RDWR) failed: " + text::errno_text(err) +
                                          "; is /proc mounted, and does the process have "
                                          "ptrace access to itself?");
   }

@@ -107,6 +107,9 @@ enum class SwitchWriter : std::uint8_t {
   /// (their in-op depth is not tracked).
   kStopless,
 };
+/// The number of SwitchWriter values: one past the last, so a new last writer must replace it here.
+inline constexpr std::size_t kSwitchWriterCount =
+    static_cast<std::size_t>(SwitchWriter::kStopless) + 1;
 
 /// "auto", "stop", "batch" or "stopless".
 const char* switch_writer_name(SwitchWriter writer);

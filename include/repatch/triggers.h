@@ -212,6 +212,8 @@ enum class Action : std::uint8_t {
   kGaveUp,       ///< max_retries failed switches in a row: waiting for the wanted mode to change
   kSourceError,  ///< the source could not produce a reading (see `reason`)
 };
+/// The number of Action values: one past the last, so a new last action must replace it here.
+inline constexpr std::size_t kActionCount = static_cast<std::size_t>(Action::kSourceError) + 1;
 
 /// "stay", "switch", "would_switch", "held_by_dwell", "held_by_rate_limit", "held_by_backoff",
 /// "gave_up", "source_error".

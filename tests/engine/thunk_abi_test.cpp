@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 
+#include "base/errno_text.h"
 #include "repatch/op.h"
 
 namespace {
@@ -285,7 +286,7 @@ std::optional<Observed> drive(Kind kind, std::uint64_t misalign, bool backtrace 
   void* shared =
       mmap(nullptr, sizeof(Observed), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) {
-    ADD_FAILURE() << "mmap: " << std::strerror(errno);
+    ADD_FAILURE() << "mmap: " << repatch::text::errno_text(errno);
     return std::nullopt;
   }
   const pid_t child = fork();
@@ -303,9 +304,9 @@ std::optional<Observed> drive(Kind kind, std::uint64_t misalign, bool backtrace 
   std::optional<Observed> result;
   int status = 0;
   if (child < 0) {
-    ADD_FAILURE() << "fork: " << std::strerror(errno);
+    ADD_FAILURE() << "fork: " << repatch::text::errno_text(errno);
   } else if (waitpid(child, &status, 0) != child) {
-    ADD_FAILURE() << "waitpid: " << std::strerror(errno);
+    ADD_FAILURE() << "waitpid: " << repatch::text::errno_text(errno);
   } else if (WIFSIGNALED(status)) {
     ADD_FAILURE() << "the call through the thunk died of signal " << WTERMSIG(status) << " ("
                   << strsignal(WTERMSIG(status)) << ")";

@@ -24,6 +24,8 @@
 #include <iterator>
 #include <string>
 
+#include "base/errno_text.h"
+
 namespace repatch::testing {
 
 /// Requests refused since the filter was installed, and the first one's system call and prot.
@@ -47,7 +49,8 @@ inline std::string refuse_writable_and_executable_requests() {
   sa.sa_sigaction = count_wx_attempt;
   sa.sa_flags = SA_SIGINFO;
   sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGSYS, &sa, nullptr) != 0) return "sigaction(SIGSYS): " + std::to_string(errno);
+  if (sigaction(SIGSYS, &sa, nullptr) != 0)
+    return "sigaction(SIGSYS): " + repatch::text::errno_text(errno);
 
   constexpr std::uint32_t kWx = PROT_WRITE | PROT_EXEC;
   // Little-endian: the low 32 bits of args[2] come first, and only they hold prot bits.
@@ -74,10 +77,10 @@ inline std::string refuse_writable_and_executable_requests() {
   sock_fprog fprog = {.len = static_cast<unsigned short>(std::size(program)), .filter = program};
   // Lets an unprivileged process install a filter.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-    return "prctl(PR_SET_NO_NEW_PRIVS): " + std::to_string(errno);
+    return "prctl(PR_SET_NO_NEW_PRIVS): " + repatch::text::errno_text(errno);
   }
   if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) {
-    return "seccomp(SECCOMP_SET_MODE_FILTER): " + std::to_string(errno);
+    return "seccomp(SECCOMP_SET_MODE_FILTER): " + repatch::text::errno_text(errno);
   }
   return "";
 }
