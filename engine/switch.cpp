@@ -257,7 +257,11 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
     }
   }
   if (requested == SwitchWriter::kAuto) {
-    return interchangeable ? SwitchWriter::kBatch : SwitchWriter::kStopMachine;
+    if (interchangeable) return SwitchWriter::kBatch;
+    // Stop-machine parks every vCPU, and on an oversubscribed host (when the pv groups are wanted)
+    // waits for descheduled ones: the stopless writer waits only for vCPUs inside an op of the
+    // groups, which it can see only for the tracked ones.
+    return plan.untracked_text.empty() ? SwitchWriter::kStopless : SwitchWriter::kStopMachine;
   }
   if (requested == SwitchWriter::kBatch && !interchangeable) {
     return Error(

@@ -88,8 +88,9 @@ struct EngineStatus {
 /// how they serialise the other CPUs and how they establish that nobody is inside an op of the
 /// switched groups (quiescence).
 enum class SwitchWriter : std::uint8_t {
-  /// kBatch when every switched group is interchangeable (abi::kGroupInterchangeable), else
-  /// kStopMachine.
+  /// kBatch when every switched group is interchangeable (abi::kGroupInterchangeable); else
+  /// kStopless, which parks nobody; kStopMachine only for a group beyond the first 32, whose
+  /// in-op depth vCPUs do not track.
   kAuto,
   /// Every other online vCPU parked in its IPI handler for the whole write; each checks its own
   /// context (not inside a site, no op of the groups in flight) before it parks.

@@ -141,7 +141,7 @@ TEST(TriggerMicrocode, UpdateSwitchesExactlyTheAffectedGroups) {
     for (const GroupChoice& c : s.choices) {
       switched.push_back(c.group);
       EXPECT_EQ(s.writer, before.at(c.group).interchangeable ? SwitchWriter::kBatch
-                                                             : SwitchWriter::kStopMachine)
+                                                             : SwitchWriter::kStopless)
           << c.group;
     }
   }
