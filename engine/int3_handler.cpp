@@ -12,6 +12,7 @@
 #include <string>
 
 #include "arch/x86/instruction.h"
+#include "base/context.h"
 #include "base/test_hooks.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
@@ -108,6 +109,7 @@ void pass_on(int sig, siginfo_t* info, void* ucontext) noexcept {
 }
 
 void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   auto* context = static_cast<ucontext_t*>(ucontext);
   const SiteTable* table = g_table.load(std::memory_order_acquire);
@@ -135,6 +137,7 @@ void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
 }  // namespace
 
 Status install_int3_handler(const SiteTable& table) {
+  base::assert_normal_context();
   static std::mutex once;
   std::lock_guard<std::mutex> lock(once);
   g_table.store(&table, std::memory_order_release);

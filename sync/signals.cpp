@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "base/context.h"
 #include "sync/vcpu.h"
 
 namespace repatch::sync {
@@ -33,6 +34,7 @@ bool sent_by_this_process(const siginfo_t* info) {
 }
 
 void on_ipi(int /*sig*/, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   Vcpu* self = Vcpu::current();
   if (self != nullptr && sent_by_this_process(info)) {
@@ -49,6 +51,7 @@ void on_ipi(int /*sig*/, siginfo_t* info, void* ucontext) {
 }
 
 void on_nmi(int /*sig*/, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   Vcpu* self = Vcpu::current();
   if (self != nullptr && sent_by_this_process(info)) {
@@ -110,6 +113,7 @@ namespace detail {
 
 Status install_interrupt_signals() {
   // Normal context only, so a mutex is fine; it makes concurrent first enter() calls choose once.
+  base::assert_normal_context();
   static std::mutex mutex;
   const std::lock_guard<std::mutex> lock(mutex);
   if (g_ipi_signal.load(std::memory_order_relaxed) != 0) {
