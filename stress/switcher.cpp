@@ -47,7 +47,7 @@ bool Switcher::stop_within(std::chrono::milliseconds timeout) {
 
 SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
                              const SwitchOptions& options) {
-  std::lock_guard<std::mutex> hold(switch_mutex_);
+  const base::MutexLock hold(switch_mutex_);
   return switch_and_account(SwitchRequest{choices}, options);
 }
 
@@ -126,7 +126,7 @@ void Switcher::run() {
       std::this_thread::sleep_until(std::min(wake, now + std::chrono::milliseconds(10)));
       continue;
     }
-    std::lock_guard<std::mutex> hold(switch_mutex_);
+    const base::MutexLock hold(switch_mutex_);
     const SwitchOutcome outcome = switch_and_account(*request, options_for(*request));
     decider_->observe({DeciderEvent::Kind::kSwitchDone, &*request, &outcome});
   }

@@ -12,11 +12,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
+#include "base/thread_annotations.h"
 #include "repatch/engine.h"
 #include "stress/switch_decider.h"
 
@@ -107,10 +108,11 @@ class Switcher {
   void run();
   // The options of a decided request: writer_ when it names a group that is not interchangeable.
   SwitchOptions options_for(const SwitchRequest& request) const;
-  // Switches, accounts and checks; the caller holds switch_mutex_.
-  SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options);
+  // Switches, accounts and checks.
+  SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options)
+      REPATCH_REQUIRES(switch_mutex_);
   Engine* engine_;
-  std::mutex switch_mutex_;  // one switch at a time, its after-commit checks included
+  base::Mutex switch_mutex_;  // one switch at a time, its after-commit checks included
   std::unique_ptr<SwitchDecider> decider_;
   std::function<void(const SwitchRequest&)> after_commit_;
   SwitchWriter writer_;
