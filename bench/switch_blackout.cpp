@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -160,9 +161,18 @@ std::string signal_queue_note() {
   std::string line;
   while (std::getline(status, line)) {
     if (!line.starts_with("SigQ:")) continue;
+    // "SigQ:\t<queued>/<limit>"; from_chars reports what sscanf would not (an overflow).
+    std::string_view fields = std::string_view(line).substr(5);
+    while (!fields.empty() && (fields.front() == ' ' || fields.front() == '\t'))
+      fields.remove_prefix(1);
+    const char* const end = fields.data() + fields.size();
     unsigned long queued = 0;
     unsigned long limit = 0;
-    if (std::sscanf(line.c_str(), "SigQ: %lu/%lu", &queued, &limit) == 2 && queued >= limit) {
+    const auto parsed_queued = std::from_chars(fields.data(), end, queued);
+    const bool both = parsed_queued.ec == std::errc() && parsed_queued.ptr != end &&
+                      *parsed_queued.ptr == '/' &&
+                      std::from_chars(parsed_queued.ptr + 1, end, limit).ec == std::errc();
+    if (both && queued >= limit) {
       return " [this user's queued-signal limit is full (" + line +
              "): IPIs cannot be sent; another process is holding them]";
     }
@@ -462,6 +472,7 @@ void BM_SwitchBusy(benchmark::State& state, SwitchWriter writer) {
 
   // Everything the threads write is allocated here, before they start.
   std::vector<std::unique_ptr<StallLog>> logs;
+  logs.reserve(static_cast<std::size_t>(vcpus) + kBystanders);
   for (int i = 0; i < vcpus + kBystanders; ++i)
     logs.push_back(std::make_unique<StallLog>());
   std::atomic<int> next_caller_log{0};

@@ -191,6 +191,8 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
     }
     w.entry->set_held(w.variant, false);
   }
+  // Nobody else knows impl yet; the lock costs nothing and lets the analysis check every access.
+  const base::MutexLock not_yet_shared(impl->switch_mutex);
   impl->group_variant = target.value();
   for (engine::GroupIndex g = 0; g < impl->group_variant.size() && g < sync::kMaxTrackedGroups;
        ++g) {

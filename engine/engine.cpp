@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 
 #include "arch/x86/instruction.h"
@@ -29,7 +28,7 @@ EngineStatus Engine::status() const {
   const engine::SiteTable& table = impl_->table;
   // The switch mutex: a switch on another thread writes group_variant, the table's held bytes and
   // the sites' code; this reads all three, so it waits for the switch to end.
-  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
+  const base::MutexLock no_switch(impl_->switch_mutex);
   EngineStatus out;
   for (std::size_t g = 0; g < catalog.groups().size(); ++g) {
     const engine::CatalogGroup& group = catalog.group(static_cast<engine::GroupIndex>(g));
@@ -79,11 +78,13 @@ Result<std::string> Engine::current_variant(std::string_view group) const {
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
   if (!g.ok()) return g.error();
   // As status(): group_variant is the switch's to write.
-  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
+  const base::MutexLock no_switch(impl_->switch_mutex);
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
 }
 
 Status Engine::verify_sites() const {
+  // As verify_group(): a switch in progress holds half-written sites that are not foreign writes.
+  const base::MutexLock no_switch(impl_->switch_mutex);
   for (const engine::SiteEntry& entry : impl_->table.entries()) {
     REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(impl_->catalog, impl_->table, entry));
   }
@@ -94,7 +95,7 @@ Status Engine::verify_group(std::string_view group) const {
   const Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
   if (!g.ok()) return g.error();
   // The switch mutex orders this scan after the last switch's writes and its table update.
-  const std::lock_guard<std::mutex> no_switch(impl_->switch_mutex);
+  const base::MutexLock no_switch(impl_->switch_mutex);
   const engine::VariantIndex current = impl_->group_variant[g.value()];
   const std::string current_name(impl_->catalog.variant_name(g.value(), current));
   for (const engine::SiteEntry& entry : impl_->table.group_sites(g.value())) {

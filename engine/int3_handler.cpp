@@ -11,6 +11,7 @@
 #include <string>
 
 #include "arch/x86/instruction.h"
+#include "base/context.h"
 #include "base/errno_text.h"
 #include "base/return_if_error.h"
 #include "base/test_hooks.h"
@@ -109,6 +110,7 @@ void pass_on(int sig, siginfo_t* info, void* ucontext) noexcept {
 }
 
 void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   auto* context = static_cast<ucontext_t*>(ucontext);
   const SiteTable* table = g_table.load(std::memory_order_acquire);
@@ -136,6 +138,7 @@ void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
 }  // namespace
 
 Status install_int3_handler(const SiteTable& table) {
+  base::assert_normal_context();
   static std::mutex once;
   std::lock_guard<std::mutex> lock(once);
   g_table.store(&table, std::memory_order_release);

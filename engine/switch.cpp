@@ -24,6 +24,7 @@
 #include "base/errno_text.h"
 #include "base/test_hooks.h"
 #include "base/text.h"
+#include "base/thread_annotations.h"
 #include "engine/engine_impl.h"
 #include "engine/group_phase.h"
 #include "engine/int3_handler.h"
@@ -195,7 +196,8 @@ Result<engine::SitePlan> plan_site(const Engine::Impl& impl, engine::SiteEntry& 
                    "so that one image is padded");
 }
 
-Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& choices) {
+Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& choices)
+    REPATCH_REQUIRES(impl.switch_mutex) {
   const engine::Catalog& catalog = impl.catalog;
   Plan plan;
   plan.target = impl.group_variant;
@@ -286,19 +288,22 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
 // text as it finds it). So fork waits for the switch: its prepare handler takes the switch mutex,
 // and both sides release it after. A vCPU blocked here still takes IPIs, so a stop in progress is
 // not held up by it.
-std::mutex* g_fork_blocks_on = nullptr;
+// (The analysis cannot pair a lock in one handler with the unlock in another.)
+base::Mutex* g_fork_blocks_on = nullptr;
 
-void keep_forks_out_of_switches(std::mutex& switch_mutex) {
+void keep_forks_out_of_switches(base::Mutex& switch_mutex) {
   static std::once_flag once;
   std::call_once(once, [&switch_mutex] {
     g_fork_blocks_on = &switch_mutex;
-    pthread_atfork([] { g_fork_blocks_on->lock(); }, [] { g_fork_blocks_on->unlock(); },
-                   [] { g_fork_blocks_on->unlock(); });
+    pthread_atfork([]() REPATCH_NO_THREAD_SAFETY_ANALYSIS { g_fork_blocks_on->lock(); },
+                   []() REPATCH_NO_THREAD_SAFETY_ANALYSIS { g_fork_blocks_on->unlock(); },
+                   []() REPATCH_NO_THREAD_SAFETY_ANALYSIS { g_fork_blocks_on->unlock(); });
   });
 }
 
 // Every site holds its new image: the table, the op slots and the group variants say so.
-void commit(Engine::Impl& impl, const Plan& plan) {
+void commit(Engine::Impl& impl, const Plan& plan) REPATCH_REQUIRES(impl.switch_mutex) {
+  impl.switch_mutex.assert_held();
   for (const engine::SitePlan& site : plan.sites) {
     site.entry->held.store(site.held_after, std::memory_order_relaxed);
   }
@@ -356,7 +361,7 @@ const char* switch_abort_name(SwitchAbort reason) {
 
 Status Engine::set_group_state(std::string_view group, GroupState* state) {
   Impl& impl = *impl_;
-  std::lock_guard<std::mutex> no_switch_meanwhile(impl.switch_mutex);
+  const base::MutexLock no_switch_meanwhile(impl.switch_mutex);
   Result<engine::GroupIndex> g = impl.catalog.find_group(group);
   if (!g.ok()) return g.error();
   if (state != nullptr &&
@@ -383,7 +388,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   };
   Impl& impl = *impl_;
   keep_forks_out_of_switches(impl.switch_mutex);
-  std::lock_guard<std::mutex> one_switch_at_a_time(impl.switch_mutex);
+  const base::MutexLock one_switch_at_a_time(impl.switch_mutex);
   // After the mutex: a thread waiting for another switch to end waits as an ordinary one.
   const sync::RealtimeSection keep_the_cpu(options.realtime);
   outcome.realtime = keep_the_cpu.granted();

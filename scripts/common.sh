@@ -6,12 +6,13 @@ REPATCH_BUILD="${REPATCH_BUILD:-$REPATCH_ROOT/build}"
 
 # Debian 12 packages the project needs to build, test and benchmark.
 REPATCH_PACKAGES=(
-  cmake g++ make pkg-config
+  cmake g++ make pkg-config  # g++ brings the sanitizer runtimes (libasan8, libtsan2, libubsan1)
   libzydis-dev liburcu-dev libboost-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   valgrind
   python3 gnuplot-nox  # bench/run-all: the tables (bench/report.py) and the plots
-  clang libclang-rt-14-dev  # libFuzzer for scripts/fuzz
+  clang libclang-rt-14-dev  # libFuzzer for scripts/fuzz; -Wthread-safety in scripts/test
+  clang-format clang-tidy  # scripts/check-format, scripts/check-tidy
   spin  # model/check: the switch protocol's Promela model
 )
 

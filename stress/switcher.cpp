@@ -49,7 +49,7 @@ SwitchOutcome Switcher::make(const std::vector<GroupChoice>& choices,
                              const SwitchOptions& options) {
   // Relaxed: a hint for the switcher's thread; the mutex orders the switches themselves.
   outside_waiters_.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard<std::mutex> hold(switch_mutex_);
+  const base::MutexLock hold(switch_mutex_);
   outside_waiters_.fetch_sub(1, std::memory_order_relaxed);
   return switch_and_account(SwitchRequest{choices}, options);
 }
@@ -133,7 +133,7 @@ void Switcher::run() {
            !stop_.load(std::memory_order_relaxed)) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
-    std::lock_guard<std::mutex> hold(switch_mutex_);
+    const base::MutexLock hold(switch_mutex_);
     const SwitchOutcome outcome = switch_and_account(*request, options_for(*request));
     decider_->observe({DeciderEvent::Kind::kSwitchDone, &*request, &outcome});
   }

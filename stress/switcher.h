@@ -12,11 +12,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
+#include "base/thread_annotations.h"
 #include "repatch/engine.h"
 #include "stress/switch_decider.h"
 
@@ -101,13 +102,14 @@ class Switcher {
   void run();
   // The options of a decided request: writer_ when it names a group that is not interchangeable.
   SwitchOptions options_for(const SwitchRequest& request) const;
-  // Switches, accounts and checks; the caller holds switch_mutex_.
-  SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options);
+  // Switches, accounts and checks.
+  SwitchOutcome switch_and_account(const SwitchRequest& request, const SwitchOptions& options)
+      REPATCH_REQUIRES(switch_mutex_);
   Engine* engine_;
-  std::mutex switch_mutex_;  // one switch at a time, its after-commit checks included
-  // make() callers waiting for switch_mutex_. std::mutex is not fair, and a switcher that runs
-  // behind its rate takes the mutex again the moment it lets it go, so the thread steps aside
-  // while this is nonzero: without that, a microcode update's switch waited for the whole run.
+  base::Mutex switch_mutex_;  // one switch at a time, its after-commit checks included
+  // make() callers waiting for switch_mutex_. The mutex is not fair, and a switcher that runs
+  // behind its rate takes it again the moment it lets it go, so the thread steps aside while this
+  // is nonzero: without that, a microcode update's switch waited for the whole run.
   std::atomic<std::uint32_t> outside_waiters_{0};
   std::unique_ptr<SwitchDecider> decider_;
   std::function<void(const SwitchRequest&)> after_commit_;

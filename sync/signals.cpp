@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 
+#include "base/context.h"
 #include "base/errno_text.h"
 #include "base/return_if_error.h"
 #include "sync/vcpu.h"
@@ -34,6 +35,7 @@ bool sent_by_this_process(const siginfo_t* info) {
 }
 
 void on_ipi(int /*sig*/, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   Vcpu* self = Vcpu::current();
   if (self != nullptr && sent_by_this_process(info)) {
@@ -50,6 +52,7 @@ void on_ipi(int /*sig*/, siginfo_t* info, void* ucontext) {
 }
 
 void on_nmi(int /*sig*/, siginfo_t* info, void* ucontext) {
+  const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   Vcpu* self = Vcpu::current();
   if (self != nullptr && sent_by_this_process(info)) {
@@ -105,6 +108,7 @@ namespace detail {
 
 Status install_interrupt_signals() {
   // Normal context only, so a mutex is fine; it makes concurrent first enter() calls choose once.
+  base::assert_normal_context();
   static std::mutex mutex;
   const std::lock_guard<std::mutex> lock(mutex);
   if (g_ipi_signal.load(std::memory_order_relaxed) != 0) {

@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "arch/x86/sync_core.h"
+#include "base/context.h"
 #include "base/test_hooks.h"
 
 namespace repatch::sync {
@@ -290,7 +291,9 @@ bool StopContext::sync_all() {
 
 StopResult stop_machine(StopWork& work, const StopOptions& options) {
   StopResult result;
-  if (t_in_stop) {
+  // A handler that interrupted this thread (an NMI on the primary, say) would wait for a mutex or
+  // for acknowledgements that the thread it interrupted cannot give.
+  if (t_in_stop || base::in_signal_handler()) {
     result.outcome = StopOutcome::kNotAllowed;
     return result;
   }

@@ -223,7 +223,8 @@ class Engine {
   Result<std::string> current_variant(std::string_view group) const;
 
   /// Compares every site's bytes with the image of its current variant. Fails with kForeignWrite
-  /// naming the first site that differs (something else wrote there). Allocates.
+  /// naming the first site that differs (something else wrote there). Waits for a switch in
+  /// progress, so it never sees one half done. Normal context. Allocates.
   Status verify_sites() const;
 
   /// Checks that `group` is wholly in its current variant: the table says every site of the group

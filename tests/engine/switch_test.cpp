@@ -52,6 +52,7 @@ TEST(Switch, GroupsChangeVariantWhileVcpusRunThem) {
   std::uint64_t counter = 0;
   std::atomic<std::uint64_t> increments{0};
   std::vector<std::thread> vcpus;
+  vcpus.reserve(2);
   for (int i = 0; i < 2; ++i) {
     vcpus.emplace_back([&] {
       std::unique_ptr<sync::Vcpu> self = sync::Vcpu::enter().value();

@@ -79,6 +79,7 @@ TEST_P(EachWriter, LockStateConverted) {
     std::atomic<int> inside{0};
   };
   std::vector<std::unique_ptr<Guarded>> guarded;
+  guarded.reserve(kLocks);
   for (int i = 0; i < kLocks; ++i)
     guarded.push_back(std::make_unique<Guarded>());
   std::atomic<bool> stop{false};
@@ -87,6 +88,7 @@ TEST_P(EachWriter, LockStateConverted) {
   std::uint64_t tallies[kVcpus] = {};
   {
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
+    vcpus.reserve(kVcpus);
     for (int v = 0; v < kVcpus; ++v) {
       vcpus.push_back(std::make_unique<VcpuThread>([&, v](sync::Vcpu& self) {
         for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
@@ -102,6 +104,7 @@ TEST_P(EachWriter, LockStateConverted) {
       }));
     }
     std::vector<sync::VcpuId> ids;
+    ids.reserve(vcpus.size());
     for (const auto& v : vcpus)
       ids.push_back(v->id());
     hypervisor::Preemptor preemptor(hypervisor::schedule(

@@ -35,6 +35,7 @@ void run_mutual_exclusion(int vcpus, int iterations) {
   std::atomic<bool> overlap{false};
   {
     std::vector<std::unique_ptr<VcpuThread>> threads;
+    threads.reserve(static_cast<std::size_t>(vcpus));
     for (int v = 0; v < vcpus; ++v) {
       threads.push_back(std::make_unique<VcpuThread>([&, v](sync::Vcpu& self) {
         for (int i = 0; i < iterations; ++i) {

@@ -282,7 +282,6 @@ TEST_F(Hazard, VcpuNeverAcks_AbortsCleanly) {
 // ---- H4: an NMI on the primary in the middle of its writes finishes them -----------------------
 
 std::atomic<std::uint32_t> g_nmi_first{0}, g_nmi_second{0};
-std::atomic<std::uint64_t> g_nmi_wide{0};
 std::atomic<int> g_nmi_runs{0};
 
 void nmi_runs_pair(sync::VcpuId, void*) {

@@ -310,5 +310,23 @@ TEST(StopMachine, NestedStopIsRefused) {
   EXPECT_EQ(result.work_result, static_cast<int>(StopOutcome::kNotAllowed));
 }
 
+// A stop begun inside a handler would wait for the mutex or the acknowledgement of the thread the
+// handler interrupted: refused, however the handler got there.
+std::atomic<int> g_outcome_in_handler{-1};
+
+TEST(StopMachine, StopFromASignalHandlerIsRefused) {
+  set_nmi_handler([](VcpuId, void*) {
+    NeverRuns work;
+    g_outcome_in_handler.store(static_cast<int>(stop_machine(work).outcome));
+  });
+  Workers workers(1);
+  ASSERT_FALSE(workers.failed());
+  send_nmi(workers.id(0));
+  for (int spins = 0; spins < 2000 && g_outcome_in_handler.load() < 0; ++spins)
+    std::this_thread::sleep_for(1ms);
+  set_nmi_handler(nullptr);
+  EXPECT_EQ(g_outcome_in_handler.load(), static_cast<int>(StopOutcome::kNotAllowed));
+}
+
 }  // namespace
 }  // namespace repatch::sync
