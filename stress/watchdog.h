@@ -2,13 +2,13 @@
 // where it is.
 //
 // Every 100 ms it reads each vCPU's iteration count plus its NMI handler's runs; one whose sum
-// has not moved for the scenario's watchdog time is stuck, and so is a switch_groups call that has lasted that long. The watchdog
-// then sends the stuck thread its probe signal (a real-time signal of its own, chosen at start
-// as the first one still SIG_DFL; guest code never blocks it, and the hypervisor's parking
-// handler does not either): the handler records the interrupted RIP and RSP. The watchdog names
-// the code there (engine/symbolizer.h, in its own normal context) and the vCPU's state from its
-// slot (online, preempted, inside an NMI, irq-off depth), records a kStuck violation and raises
-// its flag; the run then ends.
+// has not moved for the scenario's watchdog time is stuck, and so is a switch_groups call that has
+// lasted that long. The watchdog then sends the stuck thread its probe signal (a real-time signal
+// of its own, chosen at start as the first one still SIG_DFL; guest code never blocks it, and the
+// hypervisor's parking handler does not either): the handler records the interrupted RIP and RSP.
+// The watchdog names the code there (engine/symbolizer.h, in its own normal context) and the vCPU's
+// state from its slot (online, preempted, inside an NMI, irq-off depth), records a kStuck violation
+// and raises its flag; the run then ends.
 #ifndef REPATCH_STRESS_WATCHDOG_H_
 #define REPATCH_STRESS_WATCHDOG_H_
 

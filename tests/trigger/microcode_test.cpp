@@ -140,8 +140,8 @@ TEST(TriggerMicrocode, UpdateSwitchesExactlyTheAffectedGroups) {
   for (const MicrocodeSwitch& s : r.switches) {
     for (const GroupChoice& c : s.choices) {
       switched.push_back(c.group);
-      EXPECT_EQ(s.writer, before.at(c.group).interchangeable ? SwitchWriter::kBatch
-                                                             : SwitchWriter::kStopless)
+      EXPECT_EQ(s.writer,
+                before.at(c.group).interchangeable ? SwitchWriter::kBatch : SwitchWriter::kStopless)
           << c.group;
     }
   }
