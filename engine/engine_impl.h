@@ -10,6 +10,7 @@
 #include "base/mutex.h"
 #include "base/thread_annotations.h"
 #include "engine/catalog.h"
+#include "engine/image_cache.h"
 #include "engine/site_table.h"
 #include "engine/transaction.h"
 #include "repatch/engine.h"
@@ -33,6 +34,8 @@ struct Engine::Impl {
   /// The last switch attempt, still published for #BP executors (engine/transaction.h), which
   /// reach it through the published pointer, never through this owner.
   std::unique_ptr<engine::Transaction> published REPATCH_GUARDED_BY(switch_mutex);
+  /// The images of every site of the groups that have switched (engine/image_cache.h).
+  engine::ImageCache images REPATCH_GUARDED_BY(switch_mutex);
 };
 
 /// The booted engine's state, or nullptr before boot() succeeds. Async-signal-safe.

@@ -1,7 +1,8 @@
 // The bytes a site holds for each variant of its op, and how to name a site to a person.
 //
-// Images are computed when they are needed (at boot, when a switch is planned) and never retained:
-// the table keeps 8 bytes per site, not the images.
+// Images are computed when they are needed (at boot, when a switch is planned): the table keeps 8
+// bytes per site, not the images; the engine keeps those of groups that have switched
+// (engine/image_cache.h).
 #ifndef REPATCH_ENGINE_SITE_IMAGE_H_
 #define REPATCH_ENGINE_SITE_IMAGE_H_
 

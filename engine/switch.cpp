@@ -160,13 +160,17 @@ std::string foreign_write_text(const Engine::Impl& impl, const Plan& plan) {
 }
 
 // The image a site switches to: the new variant, padded so that its first byte differs from the
-// one the site holds now (docs/switch-protocol.md, "the first byte must change").
-Result<engine::SitePlan> plan_site(const Engine::Impl& impl, engine::SiteEntry& entry,
-                                   engine::VariantIndex to) {
+// one the site holds now (docs/switch-protocol.md, "the first byte must change"). Images come from
+// the engine's cache (engine/image_cache.h).
+Result<engine::SitePlan> plan_site(Engine::Impl& impl, engine::SiteEntry& entry,
+                                   engine::VariantIndex to) REPATCH_REQUIRES(impl.switch_mutex) {
   const engine::Catalog& catalog = impl.catalog;
   const std::uintptr_t address = impl.table.address(entry);
+  // An unpatched site's image (kIndirect) is not cached: it is needed once, at its first switch.
   Result<x86::Image> from =
-      engine::site_image(catalog, impl.table, entry, entry.variant(), entry.alt_pad());
+      entry.variant() == engine::kIndirect
+          ? engine::site_image(catalog, impl.table, entry, entry.variant(), entry.alt_pad())
+          : impl.images.image(catalog, impl.table, entry, entry.variant(), entry.alt_pad());
   if (!from.ok()) return from.error();
   // Compare-before-write (DESIGN): the site must hold its current image. The message is built by
   // check_site_holds_current only when it does not.
@@ -175,13 +179,9 @@ Result<engine::SitePlan> plan_site(const Engine::Impl& impl, engine::SiteEntry& 
     return engine::check_site_holds_current(catalog, impl.table, entry).error();
   }
   for (const bool alt : {!entry.alt_pad(), entry.alt_pad()}) {
-    Result<x86::Image> image = engine::site_image(catalog, impl.table, entry, to, alt);
+    Result<x86::Image> image = impl.images.image(catalog, impl.table, entry, to, alt);
     if (!image.ok()) return image.error();
     if (image.value().bytes[0] == from.value().bytes[0]) continue;
-    if (Status s = x86::verify_site_image(image.value().view(), address); !s.ok()) {
-      return Error(s.error().code(), engine::describe_site(catalog, impl.table, entry) +
-                                         ": its padded image is refused: " + s.error().message());
-    }
     return engine::SitePlan{
         address, &entry, from.value(), image.value(),
         static_cast<std::uint8_t>(to | (alt ? engine::SiteEntry::kAltPadBit : 0))};

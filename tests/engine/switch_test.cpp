@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -77,6 +78,12 @@ TEST(Switch, GroupsChangeVariantWhileVcpusRunThem) {
     ASSERT_TRUE(engine->verify_sites().ok()) << engine->verify_sites().error().to_string();
     EXPECT_EQ(engine->current_variant("demo_lock").value(), lock_variant);
     EXPECT_EQ(engine->current_variant("demo_clock").value(), clock_variant);
+    // The vCPUs run the new variants before the next switch: a stopless switch takes
+    // microseconds, and 50 of them could otherwise end before a vCPU thread is scheduled.
+    const std::uint64_t seen = increments.load();
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (increments.load() < seen + 2 && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::yield();
   }
   stop.store(true);
   for (std::thread& t : vcpus)
