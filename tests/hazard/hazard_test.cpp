@@ -262,8 +262,12 @@ TEST_F(Hazard, VcpuNeverAcks_AbortsCleanly) {
   const auto start = Clock::now();
   // A deadline of many ack deadlines: on a loaded machine one attempt's rendezvous can take a few
   // hundred milliseconds before its ack deadline even starts to count, and the test wants retries.
-  const SwitchOutcome outcome = engine_->switch_groups(
-      {{"hz_pair", "b"}}, {.ack_deadline = 20ms, .deadline = 1s, .first_backoff = 10ms});
+  // Stop-machine by name: the engine's own choice, the stopless writer, waits for no ack.
+  const SwitchOutcome outcome =
+      engine_->switch_groups({{"hz_pair", "b"}}, {.writer = SwitchWriter::kStopMachine,
+                                                  .ack_deadline = 20ms,
+                                                  .deadline = 1s,
+                                                  .first_backoff = 10ms});
   const auto took = Clock::now() - start;
   ASSERT_FALSE(outcome.committed());
   EXPECT_EQ(outcome.reason, SwitchAbort::kAckTimeout);
