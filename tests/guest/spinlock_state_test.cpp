@@ -231,6 +231,7 @@ TEST(SpinlockState, ConvertingFromTwoThreadsEqualsConvertingOnce) {
   boot_once();
   constexpr int kLocks = 200;
   std::vector<std::unique_ptr<SpinLock>> locks;
+  locks.reserve(kLocks);
   for (int i = 0; i < kLocks; ++i)
     locks.push_back(std::make_unique<SpinLock>("many"));
   for (int round = 0; round < 40; ++round) {
