@@ -27,6 +27,11 @@ RealtimeSection::RealtimeSection(bool wanted) noexcept {
   sched_param old{};
   if (pthread_getschedparam(pthread_self(), &old_policy_, &old) != 0) return;
   old_priority_ = old.sched_priority;
+  // Already real-time (the program's own choice, maybe at a higher priority): leave it so.
+  if (old_policy_ == SCHED_FIFO || old_policy_ == SCHED_RR) {
+    granted_ = true;
+    return;
+  }
   const sched_param fifo{.sched_priority = sched_get_priority_min(SCHED_FIFO)};
   // EPERM without the capability or the rlimit: the section runs as an ordinary thread.
   if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &fifo) != 0) return;

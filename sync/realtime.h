@@ -18,8 +18,8 @@ namespace repatch::sync {
 /// Makes the calling thread SCHED_FIFO (lowest real-time priority) for the section's lifetime,
 /// when asked and when the process may (CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least 1), and
 /// restores its policy and priority when it ends. Without permission the thread keeps its policy
-/// and granted() says so. Normal context; sections on one thread may nest (the inner one then
-/// changes nothing).
+/// and granted() says so; a thread that is real-time already keeps its policy and priority.
+/// Normal context; sections on one thread may nest (the inner one then changes nothing).
 class RealtimeSection {
  public:
   explicit RealtimeSection(bool wanted) noexcept;
