@@ -27,22 +27,22 @@ RealtimeSection::RealtimeSection(bool wanted) noexcept {
   sched_param old{};
   if (pthread_getschedparam(pthread_self(), &old_policy_, &old) != 0) return;
   old_priority_ = old.sched_priority;
-  // Already real-time (the program's own choice, maybe at a higher priority): leave it so.
-  if (old_policy_ == SCHED_FIFO || old_policy_ == SCHED_RR) {
-    granted_ = true;
-    return;
+  // Already real-time (the program's own choice, maybe at a higher priority): its policy stays,
+  // but its waits must relax as a section's do, or it would spin on a thread queued behind it.
+  if (old_policy_ != SCHED_FIFO && old_policy_ != SCHED_RR) {
+    const sched_param fifo{.sched_priority = sched_get_priority_min(SCHED_FIFO)};
+    // EPERM without the capability or the rlimit: the section runs as an ordinary thread.
+    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &fifo) != 0) return;
+    changed_policy_ = true;
   }
-  const sched_param fifo{.sched_priority = sched_get_priority_min(SCHED_FIFO)};
-  // EPERM without the capability or the rlimit: the section runs as an ordinary thread.
-  if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &fifo) != 0) return;
   granted_ = true;
-  changed_ = true;
+  owns_flag_ = true;
   t_realtime = true;
 }
 
 RealtimeSection::~RealtimeSection() {
-  if (!changed_) return;
-  t_realtime = false;
+  if (owns_flag_) t_realtime = false;
+  if (!changed_policy_) return;
   const sched_param old{.sched_priority = old_priority_};
   pthread_setschedparam(pthread_self(), old_policy_, &old);
 }

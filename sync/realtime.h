@@ -32,7 +32,8 @@ class RealtimeSection {
 
  private:
   bool granted_ = false;
-  bool changed_ = false;  // this section changed the policy and restores it
+  bool owns_flag_ = false;       // this section set relax()'s flag and clears it
+  bool changed_policy_ = false;  // this section changed the policy and restores it
   int old_policy_ = 0;
   int old_priority_ = 0;
 };
