@@ -182,9 +182,10 @@ std::string render_text(const Report& r) {
   out += format("  commits checked (site bytes and group state): %llu\n", ull(r.commits_checked));
   out += "\n";
   out += format(
-      "NMIs: %llu injected (%llu failed to send), %llu delivered (handler runs, TLB "
-      "shootdowns' included)\n",
-      ull(r.nmis_injected), ull(r.nmis_injected_failed), ull(r.nmis_delivered));
+      "NMIs: %llu injected (%llu failed to send, %llu throttled), %llu delivered (handler runs, "
+      "TLB shootdowns' included)\n",
+      ull(r.nmis_injected), ull(r.nmis_injected_failed), ull(r.nmis_throttled),
+      ull(r.nmis_delivered));
   out += format("preemptions: %llu, steal time %.1f ms\n", ull(r.preemptions),
                 static_cast<double>(r.steal_ns) / 1e6);
   if (r.trigger) {
@@ -318,6 +319,7 @@ std::string render_json(const Report& r) {
   j.key("nmis").begin_object();
   j.key("injected").value(r.nmis_injected);
   j.key("injected_failed").value(r.nmis_injected_failed);
+  j.key("throttled").value(r.nmis_throttled);
   j.key("delivered").value(r.nmis_delivered);
   j.end_object();
   j.key("preemptions").value(r.preemptions);

@@ -39,6 +39,7 @@ struct Report {
   // Injected events.
   std::uint64_t nmis_injected = 0;         ///< sent by the NMI injector
   std::uint64_t nmis_injected_failed = 0;  ///< sends that failed
+  std::uint64_t nmis_throttled = 0;        ///< not sent: the target's handlers were over 25%
   std::uint64_t nmis_delivered = 0;        ///< NMI handler runs on the vCPUs, any sender
   std::uint64_t preemptions = 0;           ///< preemptions that ended (all vCPUs)
   std::uint64_t steal_ns = 0;              ///< time the vCPUs spent parked

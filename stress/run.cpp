@@ -143,7 +143,9 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   auto preemptions = std::make_unique<PreemptionInjector>(workload->ids(), scenario.preempt_rate,
                                                           scenario.duration, scenario.seed,
                                                           scenario.trigger == Trigger::kSimulated);
-  auto nmis = std::make_unique<NmiInjector>(workload->ids(), scenario.nmi_rate, scenario.seed);
+  auto nmis = std::make_unique<NmiInjector>(
+      workload->ids(), scenario.nmi_rate, scenario.seed,
+      [&workload = *workload](sync::VcpuId id) { return workload.nmi_time_of(id); });
   std::unique_ptr<SwitchDecider> decider;
   TriggerDecider* trigger = nullptr;
   if (scenario.trigger != Trigger::kManual) {
@@ -240,6 +242,7 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   report.commits_checked = invariants.commits_checked();
   report.nmis_injected = nmis->sent();
   report.nmis_injected_failed = nmis->failed();
+  report.nmis_throttled = nmis->throttled();
   report.nmis_delivered = workload->nmi_runs();
   for (const sync::VcpuId id : workload->ids()) {
     report.preemptions += hypervisor::preemptions(id);

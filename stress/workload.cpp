@@ -254,6 +254,8 @@ void Workload::run_vcpu(std::size_t index) {
 void Workload::nmi_hook(sync::VcpuId self, void*) {
   Workload* w = g_active.load(std::memory_order_acquire);
   if (w == nullptr) return;
+  // steady_clock reads CLOCK_MONOTONIC through the vDSO: no lock, async-signal-safe.
+  const auto entered = std::chrono::steady_clock::now();
   guest::spin_lock(w->nmi_lock_.get());
   if (w->nmi_inside_.fetch_add(1, std::memory_order_relaxed) != 0) {
     char line[128];
@@ -267,6 +269,9 @@ void Workload::nmi_hook(sync::VcpuId self, void*) {
   w->nmi_inside_.fetch_sub(1, std::memory_order_relaxed);
   guest::spin_unlock(w->nmi_lock_.get());
   w->nmi_runs_[self].fetch_add(1, std::memory_order_relaxed);
+  w->nmi_ns_[self].fetch_add(
+      static_cast<std::uint64_t>((std::chrono::steady_clock::now() - entered).count()),
+      std::memory_order_relaxed);
 }
 
 std::vector<std::size_t> Workload::unfinished() const {

@@ -78,6 +78,11 @@ class Workload {
   std::uint64_t nmi_runs_of(sync::VcpuId id) const {
     return nmi_runs_[id].load(std::memory_order_relaxed);
   }
+  /// The time vCPU `id` has spent in the workload's NMI hook (taking and holding the NMI lock),
+  /// over the hooks that have returned. Read by the NMI injector's throttle.
+  std::chrono::nanoseconds nmi_time_of(sync::VcpuId id) const {
+    return std::chrono::nanoseconds(nmi_ns_[id].load(std::memory_order_relaxed));
+  }
   /// Every counter of workload_counters() now: the vCPUs' tallies summed, the NMI handler's
   /// runs, the guest's statistics.
   WorkloadCounts totals() const;
@@ -103,6 +108,7 @@ class Workload {
   std::uint64_t nmi_counter_ = 0;  // under nmi_lock_
   std::atomic<int> nmi_inside_{0};
   std::atomic<std::uint64_t> nmi_runs_[sync::kMaxVcpus] = {};
+  std::atomic<std::uint64_t> nmi_ns_[sync::kMaxVcpus] = {};
   std::vector<std::unique_ptr<demo::Lock>> demo_locks_;
   std::vector<std::uint64_t> demo_counters_;  // each under its demo lock
   std::vector<std::unique_ptr<features::ElidedLock>> elided_locks_;
