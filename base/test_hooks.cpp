@@ -37,6 +37,8 @@ const char* handler_name(Handler handler) {
       return "state_check";
     case Handler::kInOpDeadline:
       return "in_op_deadline";
+    case Handler::kThreadMarks:
+      return "thread_marks";
     case Handler::kCount:
       break;
   }

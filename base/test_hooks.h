@@ -32,6 +32,8 @@ enum class Handler : std::uint8_t {
   kStateCheck,       ///< "state_check": a lock that cannot be converted refuses the switch (H6)
   kInOpDeadline,     ///< "in_op_deadline": the stopless writer stops waiting for a vCPU inside
                      ///< an op after SwitchOptions::in_op_deadline (H3)
+  kThreadMarks,      ///< "thread_marks": threads that are not vCPUs keep in-op marks too, which
+                     ///< the switch reads (H7 for threads the program never registered)
   kCount,
 };
 

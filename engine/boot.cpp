@@ -20,6 +20,7 @@
 #include "base/text.h"
 #include "engine/engine_impl.h"
 #include "engine/group_phase.h"
+#include "engine/op_marks.h"
 #include "engine/site_image.h"
 
 namespace repatch {
@@ -149,6 +150,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
                  "running); this process has " +
                      std::to_string(threads) + " threads");
   }
+  if (Status s = engine::prepare_op_marks(); !s.ok()) return s.error();
   auto impl = std::make_unique<Engine::Impl>();
   const x86::CpuInfo real_cpu = x86::read_cpu_info();
   // sync_core follows the real CPU, whatever features the options pretend.
@@ -194,7 +196,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   // Nobody else knows impl yet; the lock costs nothing and lets the analysis check every access.
   const base::MutexLock not_yet_shared(impl->switch_mutex);
   impl->group_variant = target.value();
-  for (engine::GroupIndex g = 0; g < impl->group_variant.size() && g < sync::kMaxTrackedGroups;
+  for (engine::GroupIndex g = 0; g < impl->group_variant.size() && g < abi::kMaxTrackedGroups;
        ++g) {
     engine::settle_group_phase(g, impl->group_variant[g]);
   }
@@ -225,6 +227,13 @@ Result<Engine*> Engine::boot(const BootOptions& options) {
   // The engine lives as long as the process: the text it patched does.
   auto* engine = new Engine(std::move(impl).value());
   g_engine.store(engine, std::memory_order_release);  // pairs with the acquire in get()
+  // From here, OpInFlight counts ops of the tracked groups (their phase words are settled).
+  const auto groups = engine->impl_->catalog.groups();
+  for (std::size_t g = 0; g < groups.size() && g < abi::kMaxTrackedGroups; ++g) {
+    // Release: pairs with OpInFlight's acquire, which then reads a settled phase word.
+    groups[g].desc->runtime->tracked_index.store(static_cast<std::uint8_t>(g),
+                                                 std::memory_order_release);
+  }
   g_boot_state.store(BootState::kBooted);
   return engine;
 }

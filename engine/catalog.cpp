@@ -47,6 +47,11 @@ Status check_group(const abi::GroupDesc& group) {
   if (group.name == nullptr || *group.name == '\0') return invalid("a group has no name");
   const std::string name = group.name;
   if (group.variant_count == 0) return invalid("group '" + name + "' declares no variants");
+  if (group.runtime == nullptr) {
+    return invalid("group '" + name +
+                   "' has no runtime record; define groups with REPATCH_DEFINE_GROUP "
+                   "(repatch/op.h), which gives each one");
+  }
   if (group.variant_count > kMaxVariants) {
     return invalid("group '" + name + "' declares " + std::to_string(group.variant_count) +
                    " variants; at most " + std::to_string(kMaxVariants) + " are supported");

@@ -6,9 +6,9 @@
 // tells it so, as a Dekker pair with the scan:
 //
 //   switch primary                           op body (OpInFlight)
-//   announce: word |= switching  (seq_cst)   mark: in_op[g] += 1         (seq_cst)
+//   announce: word |= switching  (seq_cst)   mark: depth[g] += 1         (seq_cst)
 //   fence, serialise                         read the word               (seq_cst)
-//   scan every vCPU's in_op[g]   (seq_cst)
+//   scan every thread's depth[g] (seq_cst)
 //
 // Either the scan sees the mark (and the switch waits for the body, or takes its fence back), or
 // the body sees the switching bit. Once the switch has ended, the word holds the new variant, so a
@@ -24,22 +24,19 @@
 #include <cstdint>
 
 #include "engine/catalog.h"
-#include "sync/vcpu.h"
+#include "repatch/in_op.h"
 
 namespace repatch::engine {
 
 /// The bit set in a group's phase word while a switch of it has announced itself and not ended.
 inline constexpr std::uint8_t kPhaseSwitching = 0x80;
 
-namespace detail {
-extern std::atomic<std::uint8_t> g_group_phase[sync::kMaxTrackedGroups];
-}  // namespace detail
-
 /// Group `g`'s phase word: its variant (the default variant's index 0 while unpatched), plus
-/// kPhaseSwitching while a switch of it runs. `g` below sync::kMaxTrackedGroups. Async-signal-safe.
+/// kPhaseSwitching while a switch of it runs. `g` below abi::kMaxTrackedGroups. Async-signal-safe.
+/// The words are repatch::detail::g_group_phase, which OpInFlight reads inline.
 inline std::uint8_t group_phase(GroupIndex g) noexcept {
   // seq_cst: the body's half of the Dekker pair above, after its seq_cst mark.
-  return detail::g_group_phase[g].load(std::memory_order_seq_cst);
+  return repatch::detail::g_group_phase[g].load(std::memory_order_seq_cst);
 }
 
 /// Sets group `g`'s word to `variant` with no switch running (boot, and the end of a switch).

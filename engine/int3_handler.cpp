@@ -31,9 +31,9 @@ enum class Verdict { kResumeAtSite, kRetrap, kNotOurs };
 
 // A thread that hit the fence runs the attempt itself (H5), inside an NMI handler too (H4). It may
 // have interrupted any other executor, the primary included, so it never waits for one; under the
-// stopless writer it waits only for vCPUs inside an op of the groups to leave it, and only when it
-// is neither inside one itself nor in an NMI handler (the op it would wait for may be the one its
-// own vCPU was running when the NMI came).
+// stopless writer it waits only for threads inside an op of the groups to leave it, and only when
+// it is neither inside one itself nor in an NMI handler (the op it would wait for may be the one
+// its own vCPU was running when the NMI came).
 class TrapExecutor final : public Executor {
  public:
   TrapExecutor(bool in_nmi, bool self_in_op) : in_nmi_(in_nmi), self_in_op_(self_in_op) {}
@@ -43,13 +43,13 @@ class TrapExecutor final : public Executor {
       case SwitchWriter::kBatch:
         return true;
       case SwitchWriter::kStopless:
-        if (!in_nmi_ && !self_in_op_) return attempt.wait_until_no_vcpu_in_op();
+        if (!in_nmi_ && !self_in_op_) return attempt.wait_until_no_thread_in_op();
         break;
       case SwitchWriter::kAuto:
       case SwitchWriter::kStopMachine:
         break;
     }
-    return attempt.vcpu_in_op() == sync::kMaxVcpus;
+    return attempt.thread_in_op() == kNoOpThread;
   }
 
  private:
@@ -74,7 +74,7 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
     const sync::Vcpu* self = sync::Vcpu::current();
     const bool in_nmi =
         self != nullptr && sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);
-    const bool self_in_op = self != nullptr && transaction->in_op(self->id());
+    const bool self_in_op = transaction->this_thread_in_op();
     if (in_nmi ? test::disabled(test::Handler::kNmiCompletion)
                : test::disabled(test::Handler::kInt3Completion)) {
       // With completion off, an NMI can only wait for someone else to finish (it re-traps until

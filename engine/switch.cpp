@@ -55,14 +55,14 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
   SwitchWork(engine::Transaction& transaction, std::chrono::nanoseconds nmi_deadline)
       : transaction_(transaction), nmi_deadline_(nmi_deadline) {}
 
-  int check_parked(sync::VcpuId self, const void* ucontext) noexcept override {
+  int check_parked(sync::VcpuId /*self*/, const void* ucontext) noexcept override {
     if (test::disabled(test::Handler::kQuiescenceCheck)) return 0;
     const auto* context = static_cast<const ucontext_t*>(ucontext);
     if (transaction_.inside_site(
             static_cast<std::uintptr_t>(context->uc_mcontext.gregs[REG_RIP]))) {
       return kReasonMidSite;
     }
-    if (transaction_.in_op(self)) return kReasonInOp;
+    if (transaction_.this_thread_in_op()) return kReasonInOp;
     return 0;
   }
 
@@ -88,23 +88,23 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
   // gone; then nobody, NMI handlers included, may be inside an op of the groups.
   bool quiescent(engine::Transaction& attempt) noexcept override {
     nmis_returned_ = sync::wait_for_nmis_in_flight(nmi_deadline_);
-    in_op_after_fence_ = attempt.vcpu_in_op();
-    return nmis_returned_ && in_op_after_fence_ == sync::kMaxVcpus;
+    in_op_after_fence_ = attempt.thread_in_op();
+    return nmis_returned_ && in_op_after_fence_ == engine::kNoOpThread;
   }
   bool primary() const noexcept override { return true; }
 
   /// Whether run() published the attempt (it then stays reachable until the next one is).
   bool published() const { return published_; }
-  /// The vCPU the primary found inside an op after the fence; kMaxVcpus when it found none (and
+  /// The thread the primary found inside an op after the fence; kNoOpThread when it found none (and
   /// an executor took the fence back instead).
-  sync::VcpuId in_op_after_fence() const { return in_op_after_fence_; }
+  engine::OpThread in_op_after_fence() const { return in_op_after_fence_; }
 
  private:
   engine::Transaction& transaction_;
   std::chrono::nanoseconds nmi_deadline_;
   bool published_ = false;
   bool nmis_returned_ = true;
-  sync::VcpuId in_op_after_fence_ = sync::kMaxVcpus;
+  engine::OpThread in_op_after_fence_ = engine::kNoOpThread;
 };
 
 // The primary of a writer that stops nobody: batch (interchangeable groups, so no quiescence to
@@ -113,7 +113,7 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
 class StoplessPrimary final : public engine::Executor {
  public:
   bool quiescent(engine::Transaction& attempt) noexcept override {
-    return attempt.writer() == SwitchWriter::kBatch || attempt.wait_until_no_vcpu_in_op();
+    return attempt.writer() == SwitchWriter::kBatch || attempt.wait_until_no_thread_in_op();
   }
   bool primary() const noexcept override { return true; }
 };
@@ -143,7 +143,7 @@ struct Plan {
   std::vector<engine::SitePlan> sites;
   std::vector<engine::StateChange> states;
   std::vector<engine::TrackedGroup> tracked;
-  std::string untracked_text;  // the first switched group beyond sync::kMaxTrackedGroups
+  std::string untracked_text;  // the first switched group beyond abi::kMaxTrackedGroups
   std::vector<engine::VariantIndex> target;  // per group; the current variant when not switched
   std::string groups_text;                   // "'demo_lock' to 'pv'", for messages
 };
@@ -220,7 +220,7 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
     switched.push_back(g);
   }
   for (const engine::GroupIndex g : switched) {
-    if (g < sync::kMaxTrackedGroups) {
+    if (g < abi::kMaxTrackedGroups) {
       const engine::VariantIndex from = impl.group_variant[g];
       plan.tracked.push_back(
           {g, from == engine::kIndirect ? engine::VariantIndex{0} : from, plan.target[g]});
@@ -276,9 +276,9 @@ Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
   if (requested == SwitchWriter::kStopless && !plan.untracked_text.empty()) {
     return Error(ErrorCode::kUnsupported,
                  "group '" + plan.untracked_text + "' is beyond the first " +
-                     std::to_string(sync::kMaxTrackedGroups) +
-                     " groups of the catalog, whose in-op depth vCPUs track, so the stopless "
-                     "writer could not tell whether a vCPU is inside one of its ops: switch it "
+                     std::to_string(abi::kMaxTrackedGroups) +
+                     " groups of the catalog, whose in-op depth threads track, so the stopless "
+                     "writer could not tell whether a thread is inside one of its ops: switch it "
                      "with SwitchWriter::kStopMachine");
   }
   return requested;
@@ -449,10 +449,11 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
             last_reason = result.work_result == kReasonNmiTimeout
                               ? "an NMI handler begun before the INT3 fence was still running at "
                                 "the ack deadline; the fence was taken back"
-                          : work.in_op_after_fence() != sync::kMaxVcpus
-                              ? vcpu_name(work.in_op_after_fence()) +
+                          : work.in_op_after_fence() != engine::kNoOpThread
+                              ? engine::describe_op_thread(work.in_op_after_fence()) +
                                     " was inside an op of a switched group after the INT3 fence "
-                                    "(an NMI handler); the fence was taken back"
+                                    "(in an NMI handler, or a thread the stop does not park); the "
+                                    "fence was taken back"
                               : "an NMI or #BP handler inside an op of a switched group reached "
                                 "the INT3 fence and took it back";
             if (result.work_result == kReasonStateRefused) {
@@ -503,9 +504,9 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
           reason = SwitchAbort::kStateRefused;
           last_reason = std::string(attempt->refusal()) +
                         "; the fence was taken back and nothing was converted";
-        } else if (attempt->in_op_culprit() != sync::kMaxVcpus) {
+        } else if (attempt->in_op_culprit() != engine::kNoOpThread) {
           reason = SwitchAbort::kInOpTimeout;
-          last_reason = vcpu_name(attempt->in_op_culprit()) +
+          last_reason = engine::describe_op_thread(attempt->in_op_culprit()) +
                         " was still inside an op of a switched group " +
                         std::to_string(options.in_op_deadline.count() / 1000) +
                         " us after the INT3 fence; the fence was taken back";

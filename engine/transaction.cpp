@@ -25,8 +25,7 @@ Transaction::Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> 
       alias_delta_(poker.alias_delta()),
       writer_(writer),
       states_(std::move(states)),
-      in_op_deadline_(in_op_deadline),
-      in_op_culprit_(sync::kMaxVcpus) {
+      in_op_deadline_(in_op_deadline) {
   for (const TrackedGroup& t : tracked_)
     tracked_bits_ |= 1u << t.group;
 }
@@ -78,24 +77,12 @@ bool Transaction::sites_hold_old() const noexcept {
   return true;
 }
 
-std::uint16_t Transaction::vcpu_in_op() const noexcept {
-  if (tracked_bits_ == 0) return sync::kMaxVcpus;
-  const sync::VcpuId limit = sync::slot_limit();
-  for (sync::VcpuId id = 0; id < limit; ++id) {
-    if (sync::slot(id).tid.load(std::memory_order_relaxed) == 0) continue;
-    if (in_op(id)) return id;
-  }
-  return sync::kMaxVcpus;
+OpThread Transaction::thread_in_op() const noexcept {
+  return find_thread_in_op(tracked_bits_);
 }
 
-bool Transaction::in_op(std::uint16_t id) const noexcept {
-  const sync::VcpuSlot& slot = sync::slot(id);
-  // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence was
-  // visible is seen here (pairs with the seq_cst increment in OpInFlight).
-  for (std::uint32_t bits = tracked_bits_; bits != 0; bits &= bits - 1) {
-    if (slot.in_op[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return true;
-  }
-  return false;
+bool Transaction::this_thread_in_op() const noexcept {
+  return engine::this_thread_in_op(tracked_bits_);
 }
 
 namespace {
@@ -109,10 +96,10 @@ std::int64_t steady_ns() noexcept {
 
 }  // namespace
 
-bool Transaction::wait_until_no_vcpu_in_op() noexcept {
+bool Transaction::wait_until_no_thread_in_op() noexcept {
   for (;;) {
-    const std::uint16_t busy = vcpu_in_op();
-    if (busy == sync::kMaxVcpus) return true;
+    const OpThread busy = thread_in_op();
+    if (busy == kNoOpThread) return true;
     if (direction() != Direction::kUndecided) return false;
     // Relaxed: the primary stores it before it publishes the attempt (seq_cst), and an executor
     // found the attempt through the published pointer.
@@ -122,7 +109,7 @@ bool Transaction::wait_until_no_vcpu_in_op() noexcept {
       in_op_culprit_.store(busy, std::memory_order_relaxed);
       return false;
     }
-    // The vCPU inside the op needs a CPU to leave it; with more vCPUs than CPUs it may be ours.
+    // The thread inside the op needs a CPU to leave it; with more threads than CPUs it may be ours.
     sync::relax();
   }
 }

@@ -27,6 +27,7 @@
 #include "arch/x86/instruction.h"
 #include "arch/x86/text_poker.h"
 #include "engine/catalog.h"
+#include "engine/op_marks.h"
 #include "engine/site_table.h"
 #include "repatch/engine.h"
 #include "repatch/group_state.h"
@@ -51,7 +52,7 @@ struct StateChange {
   int to;
 };
 
-/// A switched group whose in-op depth vCPUs track (index below sync::kMaxTrackedGroups), and the
+/// A switched group whose in-op depth threads track (index below abi::kMaxTrackedGroups), and the
 /// variants it goes between, for its phase word (engine/group_phase.h).
 struct TrackedGroup {
   GroupIndex group;
@@ -61,10 +62,10 @@ struct TrackedGroup {
 
 class Transaction {
  public:
-  /// `sites` sorted by address. `tracked`: the switched groups whose in-op depth vCPUs keep.
+  /// `sites` sorted by address. `tracked`: the switched groups whose in-op depth threads keep.
   /// `writer`: how the attempt establishes quiescence (kStopMachine, kBatch or kStopless).
-  /// `in_op_deadline`: kStopless, how long after the fence executors may wait for vCPUs inside an
-  /// op of the groups.
+  /// `in_op_deadline`: kStopless, how long after the fence executors may wait for threads inside
+  /// an op of the groups.
   Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked, x86::TextPoker& poker,
               SwitchWriter writer, std::vector<StateChange> states,
               std::chrono::nanoseconds in_op_deadline);
@@ -81,20 +82,19 @@ class Transaction {
 
   /// Whether every site still holds its old image (checked under the stop, before the fence).
   bool sites_hold_old() const noexcept;
-  /// The first vCPU inside an op of a switched group, or sync::kMaxVcpus. Async-signal-safe.
-  std::uint16_t vcpu_in_op() const noexcept;
-  /// Whether vCPU `id` is inside an op of a switched group. Async-signal-safe.
-  bool in_op(std::uint16_t id) const noexcept;
-  /// kStopless: waits until no vCPU is inside an op of the switched groups (true), or until the
+  /// The first thread (a row of engine/op_marks.h) inside an op of a switched group, vCPU or
+  /// not, or kNoOpThread. Async-signal-safe.
+  OpThread thread_in_op() const noexcept;
+  /// Whether the calling thread is inside an op of a switched group. Async-signal-safe.
+  bool this_thread_in_op() const noexcept;
+  /// kStopless: waits until no thread is inside an op of the switched groups (true), or until the
   /// attempt is decided or its in-op deadline has passed (false). Yields the CPU between looks,
-  /// so that the vCPUs it waits for can run. At the deadline, the vCPU still inside one is kept
-  /// for in_op_culprit(). Async-signal-safe.
-  bool wait_until_no_vcpu_in_op() noexcept;
-  /// The vCPU that was inside an op when wait_until_no_vcpu_in_op() met the deadline, or
-  /// sync::kMaxVcpus.
-  std::uint16_t in_op_culprit() const noexcept {
-    return in_op_culprit_.load(std::memory_order_relaxed);
-  }
+  /// so that the threads it waits for can run. At the deadline, the thread still inside one is
+  /// kept for in_op_culprit(). Async-signal-safe.
+  bool wait_until_no_thread_in_op() noexcept;
+  /// The thread that was inside an op when wait_until_no_thread_in_op() met the deadline, or
+  /// kNoOpThread.
+  OpThread in_op_culprit() const noexcept { return in_op_culprit_.load(std::memory_order_relaxed); }
 
   /// Whether every switched group's state can be converted (GroupState::can_convert). The first
   /// refusal's text is kept, for refusal(). Async-signal-safe.
@@ -150,7 +150,7 @@ class Transaction {
   std::chrono::nanoseconds in_op_deadline_;
   // When the primary announced the attempt (steady clock), for the in-op deadline; 0 before.
   std::atomic<std::int64_t> fenced_at_ns_{0};
-  std::atomic<std::uint16_t> in_op_culprit_;
+  std::atomic<OpThread> in_op_culprit_{kNoOpThread};
   std::atomic<Direction> direction_{Direction::kUndecided};
   // Release/acquire: an executor that sees it open sees the previous attempt's executors gone.
   std::atomic<bool> open_{false};

@@ -211,9 +211,6 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
   s.preempted.store(false, std::memory_order_relaxed);
   s.in_nmi.store(false, std::memory_order_relaxed);
   s.irq_off_depth.store(t_irq.depth, std::memory_order_relaxed);
-  for (auto& depth : s.in_op) {
-    depth.store(0, std::memory_order_relaxed);
-  }
   s.ipis.store(0, std::memory_order_relaxed);
   s.nmis.store(0, std::memory_order_relaxed);
   s.ipi_pending.store(false, std::memory_order_relaxed);

@@ -29,8 +29,6 @@
 namespace repatch::sync {
 
 inline constexpr std::size_t kMaxVcpus = 256;
-/// Groups whose in-op depth each vCPU tracks (engine group indices 0 .. kMaxTrackedGroups-1).
-inline constexpr std::size_t kMaxTrackedGroups = 32;
 
 using VcpuId = std::uint16_t;
 
@@ -46,9 +44,6 @@ struct alignas(64) VcpuSlot {
   std::atomic<bool> in_nmi{false};
   /// Depth of IrqOffGuard nesting.
   std::atomic<std::uint32_t> irq_off_depth{0};
-  /// Per group: how many ops of that group this vCPU is inside (the analogue of preempt_count for
-  /// the switch: a vCPU inside an op of a group being switched is not quiescent for it).
-  std::atomic<std::uint8_t> in_op[kMaxTrackedGroups]{};
   /// An IPI / NMI was sent and its handler has not started yet. A send while one is pending is
   /// merged into it (as a CPU latches one pending NMI), so a vCPU whose IPIs stay blocked never
   /// fills the process's queue of real-time signals, which the kernel bounds per user

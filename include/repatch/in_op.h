@@ -9,10 +9,12 @@
 //     ...
 //   }
 //
-// While one is open on a vCPU, a stop-machine switch of that group finds the vCPU busy and
+// While one is open on a thread, a stop-machine switch of that group finds the thread busy and
 // retries later, and a stopless switch waits for it to close (or, past its in-op deadline, takes
 // its fence back and retries). The mark is the analogue of the kernel's preempt_count: one byte
-// per vCPU and group, written only by its own vCPU.
+// per thread and group, written only by its own thread. Every thread has one, vCPU or not: a
+// thread the program never registered (a library's worker, say) is seen by a switch as a vCPU is
+// (docs/threads.md).
 //
 // A thread can pass a site just before a switch fences it and open the mark only once the switch
 // has looked: its body then runs the old variant's code while the group switches, or after. A
@@ -38,19 +40,56 @@
 
 namespace repatch {
 
+namespace detail {
+
+/// One thread's in-op depths, a byte per tracked group (engine/op_marks.h keeps the table).
+struct ThreadOpMarks {
+  std::atomic<std::uint8_t> depth[abi::kMaxTrackedGroups];
+};
+
+/// The calling thread's marks, or nullptr until its first op of a tracked group.
+extern __thread ThreadOpMarks* t_op_marks;
+
+/// The slow path of a thread's first op: gives the thread marks of its own (or, with more threads
+/// than the table holds, marks shared by the rest) and sets t_op_marks. Never fails, never
+/// allocates; async-signal-safe.
+ThreadOpMarks* claim_op_marks() noexcept;
+
+/// Per tracked group: its variant, plus 0x80 while a switch of it runs (engine/group_phase.h).
+extern std::atomic<std::uint8_t> g_group_phase[abi::kMaxTrackedGroups];
+
+}  // namespace detail
+
 class OpInFlight {
  public:
-  /// Marks the calling vCPU as inside an op of `group` until destruction. Nests, up to 255 deep
-  /// per group and vCPU (the depth is one byte). Does nothing on
-  /// a thread that is not a vCPU, before boot(), and for groups beyond the first 32 the catalog
-  /// lists (the depth table is that wide). Async-signal-safe; NMI handlers may use it.
-  explicit OpInFlight(const abi::GroupDesc& group) noexcept;
-  ~OpInFlight();
+  /// Marks the calling thread as inside an op of `group` until destruction. Nests, up to 255 deep
+  /// per group and thread (the depth is one byte). Does nothing before boot() and for groups
+  /// beyond the first abi::kMaxTrackedGroups the catalog lists. Entry is a load, an increment and
+  /// a load, plus a table claim on a thread's first op. Async-signal-safe; NMI handlers may use it.
+  explicit OpInFlight(const abi::GroupDesc& group) noexcept {
+    // Acquire: pairs with boot's release store, made once the group's phase word is settled.
+    const std::uint8_t g = group.runtime->tracked_index.load(std::memory_order_acquire);
+    if (g == abi::kUntrackedGroup) return;
+    detail::ThreadOpMarks* marks = detail::t_op_marks;
+    if (marks == nullptr) [[unlikely]] {
+      marks = detail::claim_op_marks();
+    }
+    depth_ = &marks->depth[g];
+    // seq_cst (a locked add): the op's later loads and its sites cannot be reached before the
+    // mark is visible to a switch primary that scans after its fence (engine/op_marks.h), and the
+    // phase word is read after it: the body's half of engine/group_phase.h's Dekker pair.
+    depth_->fetch_add(1, std::memory_order_seq_cst);
+    phase_ = detail::g_group_phase[g].load(std::memory_order_seq_cst);
+  }
+  ~OpInFlight() {
+    // Release: the op's effects are visible to whoever sees the depth drop.
+    if (depth_ != nullptr) depth_->fetch_sub(1, std::memory_order_release);
+  }
 
   /// Whether `variant` (an index into the group's variants) is the group's variant with no switch
   /// of the group running, as read once, right after the mark was opened: a switch that did not
   /// see the mark had announced itself by then (engine/group_phase.h). True before boot and for
-  /// groups beyond the first 32, where nothing is known (no stopless switch handles those).
+  /// untracked groups, where nothing is known (no stopless switch handles those).
   /// Async-signal-safe.
   bool variant_current(int variant) const noexcept {
     return phase_ == kPhaseUnknown || phase_ == variant;
@@ -62,8 +101,8 @@ class OpInFlight {
   // The group's phase word as read after the mark: its variant, with bit 0x80 while a switch
   // runs; kPhaseUnknown where there is none.
   static constexpr int kPhaseUnknown = -1;
-  std::atomic<std::uint8_t>* depth_;
-  int phase_;
+  std::atomic<std::uint8_t>* depth_ = nullptr;
+  int phase_ = kPhaseUnknown;
 };
 
 }  // namespace repatch

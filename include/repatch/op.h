@@ -43,6 +43,8 @@
 #ifndef REPATCH_OP_H_
 #define REPATCH_OP_H_
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace repatch::abi {
@@ -54,6 +56,20 @@ namespace repatch::abi {
 /// vCPUs (feature alternatives whose old and new code are both correct at once).
 inline constexpr std::uint32_t kGroupInterchangeable = 1u << 0;
 
+/// Groups whose in-op depth threads track (repatch/in_op.h): the first this many the catalog
+/// lists. A switch of a group beyond them stops the machine.
+inline constexpr std::size_t kMaxTrackedGroups = 32;
+/// GroupRuntime::tracked_index of a group that is not tracked (before boot, or beyond the first
+/// kMaxTrackedGroups).
+inline constexpr std::uint8_t kUntrackedGroup = 0xff;
+
+/// What the engine writes about a group at boot, beside its read-only descriptor.
+struct GroupRuntime {
+  /// The group's index in every thread's in-op depths, or kUntrackedGroup. Stored once by boot()
+  /// (release, after the group's phase word is settled); read by OpInFlight on entry.
+  std::atomic<std::uint8_t> tracked_index{kUntrackedGroup};
+};
+
 struct GroupDesc {
   const char* name;
   const char* const* variants;  ///< variant names; [0] is the default
@@ -62,6 +78,7 @@ struct GroupDesc {
   /// For a feature-keyed alternative: the CPU feature ("rtm", "clflushopt", ...) whose presence
   /// selects variants[1] and whose absence selects variants[0]. Null for other groups.
   const char* feature;
+  GroupRuntime* runtime;  ///< the group's runtime record, defined with it
 };
 
 struct OpDesc {
@@ -119,10 +136,11 @@ static_assert(sizeof(SiteRecord) == 8);
 
 #define REPATCH_DETAIL_DEFINE_GROUP(group, flags, feature, ...)                              \
   static const char* const repatch_group_variants_##group[] = {__VA_ARGS__};                \
+  static ::repatch::abi::GroupRuntime repatch_group_runtime_##group;                        \
   extern "C" const ::repatch::abi::GroupDesc repatch_group_##group = {                      \
       #group, repatch_group_variants_##group,                                               \
       sizeof(repatch_group_variants_##group) / sizeof(repatch_group_variants_##group[0]),   \
-      (flags), (feature)};                                                                  \
+      (flags), (feature), &repatch_group_runtime_##group};                                  \
   REPATCH_DETAIL_REGISTER(groups, GroupDesc, repatch_group_##group)
 
 /// Defines group `group` with `flags` (0 or abi::kGroup* bits) and its variant names; the first is

@@ -31,7 +31,8 @@ bool contains(const std::string& haystack, const std::string& needle) {
 
 // A catalog of one group {one, two} with one op whose variants are the given fragments.
 struct OneOp {
-  abi::GroupDesc group{"g", kVariants, 2, 0, nullptr};
+  abi::GroupRuntime runtime;
+  abi::GroupDesc group{"g", kVariants, 2, 0, nullptr, &runtime};
   abi::OpDesc op;
   abi::VariantDesc one;
   abi::VariantDesc two;
@@ -173,11 +174,21 @@ TEST(BadInput, FeatureGroupOnUnknownFeature) {
   EXPECT_TRUE(Catalog::build(d.descriptors.view()).ok());
 }
 
+TEST(BadInput, GroupWithoutRuntimeRecord) {
+  static const std::uint8_t kXor[] = {0x31, 0xc0};
+  OneOp d(8, kXor);
+  d.group.runtime = nullptr;
+  Result<Catalog> catalog = Catalog::build(d.descriptors.view());
+  ASSERT_FALSE(catalog.ok());
+  EXPECT_EQ(catalog.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(contains(catalog.error().message(), "no runtime record"));
+}
+
 TEST(BadInput, FeatureGroupWithThreeVariants) {
   static const std::uint8_t kXor[] = {0x31, 0xc0};
   static const char* const kThree[] = {"one", "two", "three"};
   OneOp d(8, kXor);
-  d.group = {"g", kThree, 3, 0, "rtm"};
+  d.group = {"g", kThree, 3, 0, "rtm", &d.runtime};
   Result<Catalog> catalog = Catalog::build(d.descriptors.view());
   ASSERT_FALSE(catalog.ok());
   EXPECT_EQ(catalog.error().code(), ErrorCode::kInvalidArgument);

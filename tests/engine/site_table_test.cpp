@@ -20,8 +20,10 @@ extern "C" void crafted_callable() {}
 const char* const kVariants[] = {"one", "two"};
 const std::uint8_t kXorEax[] = {0x31, 0xc0};
 const std::uint8_t kMovEax1[] = {0xb8, 0x01, 0x00, 0x00, 0x00};
-const abi::GroupDesc kGroupA{"group_a", kVariants, 2, 0, nullptr};
-const abi::GroupDesc kGroupB{"group_b", kVariants, 2, 0, nullptr};
+abi::GroupRuntime g_runtime_a;
+abi::GroupRuntime g_runtime_b;
+const abi::GroupDesc kGroupA{"group_a", kVariants, 2, 0, nullptr, &g_runtime_a};
+const abi::GroupDesc kGroupB{"group_b", kVariants, 2, 0, nullptr, &g_runtime_b};
 void* g_slot_a = reinterpret_cast<void*>(&crafted_callable);
 void* g_slot_b = reinterpret_cast<void*>(&crafted_callable);
 const abi::OpDesc kOpA{"op_a", &kGroupA, &g_slot_a, 8};

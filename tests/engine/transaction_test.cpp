@@ -23,7 +23,7 @@ using Clock = std::chrono::steady_clock;
 class LateExecutor final : public engine::Executor {
  public:
   bool quiescent(engine::Transaction& attempt) noexcept override {
-    return attempt.vcpu_in_op() == sync::kMaxVcpus;
+    return attempt.thread_in_op() == engine::kNoOpThread;
   }
 };
 

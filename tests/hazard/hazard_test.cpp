@@ -219,6 +219,98 @@ TEST_P(EachWriter, HalfSwitchNeverObserved) {
   RecordProperty("attempts", static_cast<int>(attempts));
 }
 
+// ---- H1 and H7 for threads the program never registered as vCPUs ------------------------------
+
+// A plain thread (no sync::Vcpu) is between the two ops of a pair when the fence lands. The stop
+// does not park it and no vCPU slot holds its marks: only its own row of the in-op marks table
+// (engine/op_marks.h) tells the switch that it is inside an op. Its second op must run in the
+// variant of its first, and the switch commits once it has left.
+TEST_P(EachWriter, UnregisteredThreadInOp_NeverSeesAHalfSwitch) {
+  const Watchdog watchdog(30);
+  std::atomic<int> fences{0};
+  std::atomic<bool> inside{false};
+  std::atomic<std::uint32_t> seen_first{0}, seen_second{0};
+  threads_.emplace_back([&] {
+    const OpInFlight in_op(repatch_group_hz_pair);
+    seen_first.store(hazard::first());
+    inside.store(true);
+    spin_until([&] { return fences.load() >= 1; }, 10s);
+    seen_second.store(hazard::second());
+  });
+  ASSERT_TRUE(spin_until([&] { return inside.load(); }, 10s));
+  struct Count {
+    static void at(test::Point point, std::uint32_t, void* arg) noexcept {
+      if (point != test::Point::kFenced) return;
+      static_cast<std::atomic<int>*>(arg)->fetch_add(1);
+      // Let the thread reach its second op while this attempt's fence is up.
+      spin_for(std::chrono::milliseconds(2));
+    }
+  };
+  test::set_injection(&Count::at, &fences);
+  const SwitchOutcome outcome =
+      flip("hz_pair", "b", {.deadline = 5s, .first_backoff = 1ms, .in_op_deadline = 2ms});
+  test::set_injection(nullptr, nullptr);
+  ASSERT_TRUE(spin_until([&] { return seen_second.load() != 0; }, 10s));
+  EXPECT_EQ(seen_first.load(), seen_second.load())
+      << "a thread that is not a vCPU ran the first op of a pair in one variant and the second in "
+         "the other";
+  EXPECT_GE(outcome.attempts, 2u) << "the first attempt should have given way to the thread's op";
+  EXPECT_EQ(hazard::first(), 2u);
+}
+
+// Plain threads run pairs of hz_pair while the group switches back and forth, each switch
+// committing once no pair is open. (Whether a pair straddles a fence is left to the scheduler:
+// the handler-off run is UnregisteredThreadInOp_NeverSeesAHalfSwitch's.)
+TEST_P(EachWriter, UnregisteredThreadsRunPairsWhileSwitching) {
+  const Watchdog watchdog(60);
+  for (int i = 0; i < 2; ++i) {
+    threads_.emplace_back([this] {
+      started_.fetch_add(1);
+      while (!stop_.load(std::memory_order_relaxed)) {
+        run_pair(5us);
+        spin_for(10us);
+      }
+    });
+  }
+  wait_started(2);
+  std::uint32_t attempts = 0;
+  for (int i = 0; i < 100; ++i) {
+    const SwitchOutcome outcome =
+        flip("hz_pair", i % 2 == 0 ? "b" : "a", {.deadline = 20s, .first_backoff = 50us});
+    attempts += outcome.attempts;
+    ASSERT_TRUE(engine_->verify_sites().ok()) << engine_->verify_sites().error().to_string();
+  }
+  EXPECT_GT(g_pairs.load(), 100u);
+  EXPECT_EQ(g_mixed.load(), 0u) << "a thread that is not a vCPU ran one op of hz_pair in one "
+                                   "variant and the other in the other, in "
+                                << g_mixed.load() << " of " << g_pairs.load() << " pairs";
+  RecordProperty("attempts", static_cast<int>(attempts));
+}
+
+// A plain thread that stays inside an op holds a stopless switch as a vCPU would, and the error
+// names it as what it is.
+TEST_F(Hazard, Stopless_UnregisteredThreadInOp_IsWaitedForAndNamed) {
+  const Watchdog watchdog(20);
+  std::atomic<bool> inside{false};
+  threads_.emplace_back([&] {
+    const OpInFlight in_op(repatch_group_hz_pair);
+    inside.store(true);
+    while (!stop_.load())
+      spin_for(1ms);
+  });
+  ASSERT_TRUE(spin_until([&] { return inside.load(); }, 10s));
+  const SwitchOutcome outcome =
+      engine_->switch_groups({{"hz_pair", "b"}}, {.writer = SwitchWriter::kStopless,
+                                                  .deadline = 100ms,
+                                                  .first_backoff = 1ms,
+                                                  .in_op_deadline = 2ms});
+  ASSERT_FALSE(outcome.committed());
+  EXPECT_EQ(outcome.reason, SwitchAbort::kInOpTimeout);
+  EXPECT_NE(outcome.status.error().message().find("(not a vCPU)"), std::string::npos)
+      << outcome.status.error().message();
+  EXPECT_EQ(engine_->current_variant("hz_pair").value(), "a");
+}
+
 // ---- H7: an op in flight makes the attempt retry; it never runs on under a switch --------------
 
 TEST_F(Hazard, OpInFlight_RetriesThenSucceeds) {
