@@ -4,8 +4,9 @@
 Reads <results>/<program>.json (Google Benchmark's --benchmark_out format) for every program that
 ran, writes one markdown table per comparison, each with ratios against the baseline named in its
 heading, and draws the plots with gnuplot as SVG into <results>. The markdown goes to --markdown,
-or replaces the generated block of --readme (between the two markers below; inserted after the
-first heading when the file has none).
+or replaces the generated blocks of --readme: one block for the run (command, commit, machine,
+failed rows) and one per program, each between its two markers (see `markers`), so that each
+program's tables sit under its own method.
 
 Statistics: a row's median and p99 are those the program computed over the row's own samples (a
 repetition's switches or shootdowns), or, for programs that time one sample per repetition, the
@@ -20,8 +21,14 @@ import subprocess
 import sys
 from collections import defaultdict
 
-BEGIN = "<!-- bench/run-all: generated, begin -->"
-END = "<!-- bench/run-all: generated, end -->"
+PROGRAMS = ("adaptive_phases", "site_cost", "stop_blackout", "switch_blackout", "lock_throughput",
+            "shootdown_latency", "trigger_reaction")
+
+
+def markers(block):
+    """The lines that open and close a generated block: 'run' or a program's name."""
+    return (f"<!-- bench/run-all: generated {block}, begin -->",
+            f"<!-- bench/run-all: generated {block}, end -->")
 
 
 class ReportError(Exception):
@@ -493,10 +500,29 @@ def machine(results, data):
     return "\n".join(lines)
 
 
+def replace_blocks(path, text, blocks):
+    """Replaces the text between each block's markers; every block must have its markers, once
+    each and in order, or nothing is replaced."""
+    spans, missing = {}, []
+    for name in blocks:
+        begin, end = markers(name)
+        if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+            missing.append(f"{begin} ... {end}")
+            continue
+        spans[name] = (text.index(begin) + len(begin), text.index(end))
+    if missing:
+        raise ReportError(f"{path}: each generated block needs its two marker lines, once and in "
+                          "order; add these where the tables belong:\n  " + "\n  ".join(missing))
+    # From the last block to the first, so that the earlier spans stay valid.
+    for name, (start, stop) in sorted(spans.items(), key=lambda item: item[1][0], reverse=True):
+        text = text[:start] + "\n" + blocks[name] + "\n" + text[stop:]
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="directory with <program>.json files")
-    ap.add_argument("--readme", help="markdown file whose generated block is replaced")
+    ap.add_argument("--readme", help="markdown file whose generated blocks are replaced")
     ap.add_argument("--markdown", help="write the generated markdown to this file")
     ap.add_argument("--command", default="bench/run-all", help="the command to record")
     ap.add_argument("--commit", default="", help="the commit measured")
@@ -505,20 +531,19 @@ def main():
     if not os.path.isdir(args.results):
         raise ReportError(f"{args.results}: no such directory")
     if args.readme and not os.path.isfile(args.readme):
-        raise ReportError(f"{args.readme}: no such file (--readme replaces the generated block "
+        raise ReportError(f"{args.readme}: no such file (--readme replaces the generated blocks "
                           "of a file that exists)")
     if args.markdown and not os.path.isdir(os.path.dirname(os.path.abspath(args.markdown))):
         raise ReportError(f"{args.markdown}: its directory does not exist")
     # gnuplot runs inside the results directory, so the paths it is given must not be relative.
     args.results = os.path.abspath(args.results)
 
-    sections, errors, plots = [], [], []
+    sections, errors, plots = {}, [], defaultdict(list)
     first = None
-    for program in ("adaptive_phases", "site_cost", "stop_blackout", "switch_blackout",
-                    "lock_throughput", "shootdown_latency", "trigger_reaction"):
+    for program in PROGRAMS:
         data = load(args.results, program)
         if data is None:
-            sections.append(f"### {program}\n\nNot run: no {program}.json.")
+            sections[program] = f"### {program}\n\nNot run: no {program}.json."
             continue
         # The machine line describes the run's start: the program that began first, whatever
         # order the tables are in. ISO 8601 dates in one time zone sort as text.
@@ -526,68 +551,67 @@ def main():
         if first is None or (date and date < first.get("context", {}).get("date", date)):
             first = data
         if program == "site_cost":
-            sections.append(site_cost(data))
+            sections[program] = site_cost(data)
         elif program == "stop_blackout":
             text, errs = stop_blackout(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
         elif program == "switch_blackout":
             text, errs, cells = switch_blackout(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
             if not args.no_plots and cells:
-                plots.append(plot_blackout(args.results, cells))
+                plots[program].append(plot_blackout(args.results, cells))
         elif program == "lock_throughput":
             text, errs, cells = lock_throughput(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
             if not args.no_plots and cells:
-                plots.append(plot_lock_throughput(args.results, cells))
+                plots[program].append(plot_lock_throughput(args.results, cells))
         elif program == "shootdown_latency":
             text, errs = shootdown_latency(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
         elif program == "trigger_reaction":
             text, errs = trigger_reaction(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
         elif program == "adaptive_phases":
             text, errs, meds = adaptive_phases(data)
-            sections.append(text)
+            sections[program] = text
             errors += errs
             if not args.no_plots:
-                plots += [plot_phases(args.results, outside, med) for outside, med in meds.items()
-                          if med]
+                plots[program] += [plot_phases(args.results, outside, med)
+                                   for outside, med in meds.items() if med]
+
+    # Each program's plots follow its tables; image paths are relative to the file written.
+    target = args.readme or args.markdown
+    base = os.path.dirname(os.path.abspath(target)) if target else os.getcwd()
+    for program, paths in plots.items():
+        if not paths:
+            continue
+        sections[program] += "\n\n" + "\n".join(
+            f"![{os.path.basename(p)}]({os.path.relpath(p, base)})" for p in paths)
 
     head = [f"Generated by `{args.command}`" + (f" on commit {args.commit}" if args.commit else "")
             + ". Each program also prints its own summary, with the issue targets and a verdict, "
             "into the results directory (`<program>.txt`).", "", machine(args.results, first)]
-    if plots:
-        target = args.readme or args.markdown
-        base = os.path.dirname(os.path.abspath(target)) if target else os.getcwd()
-        head.append("")
-        head += [f"![{os.path.basename(p)}]({os.path.relpath(p, base)})" for p in plots]
     if errors:
         head += ["", "Rows that failed:", ""] + [f"- {e}" for e in errors]
-    markdown = "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
+    blocks = {"run": "\n".join(head)}
+    blocks.update((program, sections[program]) for program in PROGRAMS)
 
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(markdown)
+            f.write("\n\n".join(blocks.values()) + "\n")
     if args.readme:
         with open(args.readme, encoding="utf-8") as f:
             text = f.read()
-        block = f"{BEGIN}\n{markdown}{END}"
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            first_break = text.find("\n\n")
-            text = (text[:first_break] + "\n\n" + block + text[first_break:]) if first_break >= 0 \
-                else text + "\n" + block + "\n"
+        text = replace_blocks(args.readme, text, blocks)
         with open(args.readme, "w", encoding="utf-8") as f:
             f.write(text)
     if not args.markdown and not args.readme:
-        sys.stdout.write(markdown)
+        sys.stdout.write("\n\n".join(blocks.values()) + "\n")
     return 1 if errors else 0
 
 
