@@ -85,7 +85,9 @@ std::string Watchdog::where(pid_t tid) {
   while (!g_probe_done.load(std::memory_order_acquire)) {
     if (std::chrono::steady_clock::now() > deadline) {
       return "(did not answer the probe signal within 500 ms: blocked in the kernel with it "
-             "masked?)";
+             "masked, or not scheduled at all: real-time threads of this or another process "
+             "holding every CPU keep the switch primary, SCHED_FIFO at the lowest priority, off "
+             "them)";
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
