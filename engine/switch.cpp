@@ -5,9 +5,9 @@
 //   stop-machine: every other online vCPU parks in its IPI handler after checking its interrupted
 //                 context (not inside a site of the switch, no op of the groups in flight: H7);
 //                 the primary then runs the steps, waiting out NMIs begun before its fence and
-//                 reading every vCPU's in-op marks before it decides; release lets them go;
+//                 reading every thread's in-op marks before it decides; release lets them go;
 //   batch:        nobody stops and nothing is checked (interchangeable groups);
-//   stopless:     nobody stops; after the fence, the primary reads every vCPU's in-op marks until
+//   stopless:     nobody stops; after the fence, the primary reads every thread's in-op marks until
 //                 none is set, up to a deadline, then decides (backward at the deadline).
 // An NMI or #BP executor may run any of the steps instead of the primary; the primary's own
 // compare-and-swaps then find them done (H4, H5).
@@ -108,7 +108,7 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
 };
 
 // The primary of a writer that stops nobody: batch (interchangeable groups, so no quiescence to
-// establish) and stopless (quiescence from every vCPU's in-op marks, waited for up to the
+// establish) and stopless (quiescence from every thread's in-op marks, waited for up to the
 // attempt's in-op deadline).
 class StoplessPrimary final : public engine::Executor {
  public:

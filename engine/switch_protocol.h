@@ -32,9 +32,9 @@
 //
 //   executor            serialise     quiescence
 //   stop-machine        membarrier    every target parked and checked itself; NMIs begun before
-//                                     the fence waited out; then every vCPU's in-op marks
+//                                     the fence waited out; then every thread's in-op marks
 //   batch               membarrier    none needed: the variants are interchangeable
-//   stopless primary    membarrier    every vCPU's in-op marks, waited for up to a deadline
+//   stopless primary    membarrier    every thread's in-op marks, waited for up to a deadline
 //   #BP executor        membarrier    as its attempt's writer, but never waits from inside an op
 //                                     or an NMI handler (it decides at once instead)
 //
