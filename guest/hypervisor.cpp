@@ -16,6 +16,7 @@
 
 #include "base/errno_text.h"
 #include "base/return_if_error.h"
+#include "guest/preempted.h"
 
 namespace repatch::hypervisor {
 namespace {
@@ -95,10 +96,10 @@ void on_preempt(int /*sig*/, siginfo_t* info, void* /*ucontext*/) {
   const std::uint32_t park_seq = r.park_seq.load(std::memory_order_relaxed);
   const std::int64_t duration = r.duration_ns.load(std::memory_order_relaxed);
   const std::int64_t start = monotonic_ns();
-  sync::VcpuSlot& s = sync::slot(id);
+  std::atomic<bool>& preempted = hypervisor::preempted(id);
   // seq_cst: a paravirt op that reads `preempted` (seq_cst) after this store treats the vCPU as
   // preempted; the release part publishes nothing else.
-  s.preempted.store(true, std::memory_order_seq_cst);
+  preempted.store(true, std::memory_order_seq_cst);
   r.state.store(kParked, std::memory_order_release);  // for wait_parked()
   // Acquire pairs with resume()'s release increment.
   while (r.resume_seq.load(std::memory_order_acquire) == park_seq) {
@@ -117,7 +118,7 @@ void on_preempt(int /*sig*/, siginfo_t* info, void* /*ucontext*/) {
   // seq_cst, before the hook: the other half of the paravirt shootdown's Dekker pair. The hook
   // then reads the flush-on-resume mark (seq_cst): either it sees a mark stored by a shooter, or
   // that shooter's later load of `preempted` sees this store and it waits for us instead.
-  s.preempted.store(false, std::memory_order_seq_cst);
+  preempted.store(false, std::memory_order_seq_cst);
   if (ResumeHook hook = g_resume_hook.load(std::memory_order_acquire)) {
     hook(id);
   }

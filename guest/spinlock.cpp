@@ -19,6 +19,7 @@
 
 #include <cstring>
 
+#include "guest/preempted.h"
 #include "sync/vcpu.h"
 
 namespace repatch::guest {
@@ -303,8 +304,8 @@ __attribute__((used)) std::uint32_t spinlock_pv_unlock(repatch::guest::SpinLock*
 __attribute__((used)) std::uint32_t spinlock_pv_vcpu_is_preempted(std::uint64_t cpu) {
   if (cpu >= repatch::sync::kMaxVcpus) return 0;
   // Relaxed: a hint that is stale as soon as it is read.
-  return repatch::sync::slot(static_cast<repatch::sync::VcpuId>(cpu))
-      .preempted.load(std::memory_order_relaxed);
+  return repatch::hypervisor::preempted(static_cast<repatch::sync::VcpuId>(cpu))
+      .load(std::memory_order_relaxed);
 }
 
 }  // extern "C"

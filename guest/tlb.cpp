@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "guest/preempted.h"
 #include "guest/tlb_group_state.h"
 #include "repatch/in_op.h"
 
@@ -27,9 +28,9 @@ sync::VcpuId current_id_or(sync::VcpuId fallback, bool* is_vcpu) {
 // sees the target running again (and waits for it as native does) or the target's resume hook
 // sees the mark (and flushes before guest code runs).
 bool leave_mark_if_preempted(sync::VcpuId target) {
-  if (!sync::slot(target).preempted.load(std::memory_order_seq_cst)) return false;
+  if (!hypervisor::preempted(target).load(std::memory_order_seq_cst)) return false;
   set_resume_mark(target);
-  return sync::slot(target).preempted.load(std::memory_order_seq_cst);
+  return hypervisor::preempted(target).load(std::memory_order_seq_cst);
 }
 
 void shootdown(Shootdown* request, bool paravirt) {

@@ -11,6 +11,7 @@
 #include "base/return_if_error.h"
 #include "base/text.h"
 #include "engine/symbolizer.h"
+#include "guest/preempted.h"
 #include "sync/vcpu.h"
 
 namespace repatch::stress {
@@ -104,7 +105,7 @@ void Watchdog::report_vcpu(std::size_t index, std::chrono::milliseconds quiet_fo
                      std::to_string(workload_.tid(index)) + ") made no progress for " +
                      std::to_string(quiet_for.count()) + " ms; at " + where(workload_.tid(index)) +
                      "; " + (slot.online.load() ? "online" : "offline") +
-                     (slot.preempted.load() ? ", preempted" : "") +
+                     (hypervisor::preempted(id).load() ? ", preempted" : "") +
                      (slot.in_nmi.load() ? ", inside its NMI handler" : "") + ", irq-off depth " +
                      std::to_string(slot.irq_off_depth.load());
   violations_.record(Violation::kStuck, line.c_str());

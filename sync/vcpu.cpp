@@ -208,7 +208,6 @@ Result<std::unique_ptr<Vcpu>> Vcpu::enter() {
     g_claim_hooks[i].load(std::memory_order_relaxed)(id);
   }
   s.online.store(false, std::memory_order_relaxed);
-  s.preempted.store(false, std::memory_order_relaxed);
   s.in_nmi.store(false, std::memory_order_relaxed);
   s.irq_off_depth.store(t_irq.depth, std::memory_order_relaxed);
   s.ipis.store(0, std::memory_order_relaxed);

@@ -38,8 +38,6 @@ struct alignas(64) VcpuSlot {
   std::atomic<pid_t> tid{0};
   /// Registered and not idle. Written by the vCPU around go_offline()/go_online().
   std::atomic<bool> online{false};
-  /// Set by the simulated hypervisor while it keeps this vCPU parked.
-  std::atomic<bool> preempted{false};
   /// Inside the NMI handler now (NMIs do not nest).
   std::atomic<bool> in_nmi{false};
   /// Depth of IrqOffGuard nesting.

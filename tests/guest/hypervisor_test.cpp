@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "guest/preempted.h"
 #include "sync/vcpu.h"
 #include "tests/support/eventually.h"
 
@@ -64,11 +65,11 @@ TEST(Hypervisor, ParksSetsPreemptedAccountsStealAndResumes) {
   Spinner vcpu;
   const sync::VcpuId id = vcpu.id();
   ASSERT_TRUE(eventually([&] { return vcpu.iterations() > 0; }));
-  EXPECT_FALSE(sync::slot(id).preempted.load());
+  EXPECT_FALSE(hypervisor::preempted(id).load());
 
   ASSERT_EQ(preempt(id), 0);
   ASSERT_TRUE(wait_parked(id, kPatience));
-  EXPECT_TRUE(sync::slot(id).preempted.load());
+  EXPECT_TRUE(hypervisor::preempted(id).load());
   EXPECT_TRUE(sync::slot(id).online.load()) << "a preempted vCPU is not idle";
   const auto parked_at = std::chrono::steady_clock::now();
   const std::uint64_t frozen = vcpu.iterations();
@@ -78,7 +79,7 @@ TEST(Hypervisor, ParksSetsPreemptedAccountsStealAndResumes) {
   const auto resumed_at = std::chrono::steady_clock::now();
   resume(id);
   ASSERT_TRUE(wait_running(id, kPatience));
-  EXPECT_FALSE(sync::slot(id).preempted.load());
+  EXPECT_FALSE(hypervisor::preempted(id).load());
   EXPECT_TRUE(eventually([&] { return vcpu.iterations() > frozen; }));
   EXPECT_EQ(preemptions(id), 1u);
   // The park began before we saw it and ended after we asked for the end.
@@ -94,7 +95,7 @@ TEST(Hypervisor, TimedPreemptionEndsByItself) {
   ASSERT_TRUE(eventually([&] { return preemptions(id) == 1; }));
   ASSERT_TRUE(wait_running(id, kPatience));
   EXPECT_GE(steal_ns(id), 5'000'000u) << "a timed preemption lasts at least its duration";
-  EXPECT_FALSE(sync::slot(id).preempted.load());
+  EXPECT_FALSE(hypervisor::preempted(id).load());
 }
 
 TEST(Hypervisor, ResumeBeforeTheSignalLandsEndsThatPreemption) {
@@ -130,7 +131,7 @@ TEST(Hypervisor, ResumeHookRunsOnTheVcpuAfterPreemptedIsCleared) {
   ASSERT_TRUE(install().ok());
   set_resume_hook([](sync::VcpuId self) {
     g_hook_calls.fetch_add(1);
-    if (sync::slot(self).preempted.load()) g_hook_saw_preempted.fetch_add(1);
+    if (hypervisor::preempted(self).load()) g_hook_saw_preempted.fetch_add(1);
     const sync::Vcpu* current = sync::Vcpu::current();
     if (current == nullptr || current->id() != self || self != g_hook_expected.load()) {
       g_hook_wrong_vcpu.fetch_add(1);
@@ -209,8 +210,8 @@ TEST(Hypervisor, PreemptorPlaysTheScheduleAndStealAddsUp) {
   EXPECT_EQ(preemptions(second.id()), expected_count[1]);
   EXPECT_GE(steal_ns(first.id()), expected_steal[0]);
   EXPECT_GE(steal_ns(second.id()), expected_steal[1]);
-  EXPECT_FALSE(sync::slot(first.id()).preempted.load());
-  EXPECT_FALSE(sync::slot(second.id()).preempted.load());
+  EXPECT_FALSE(hypervisor::preempted(first.id()).load());
+  EXPECT_FALSE(hypervisor::preempted(second.id()).load());
 }
 
 // Whether this process may give one of its threads SCHED_FIFO (root, CAP_SYS_NICE or an

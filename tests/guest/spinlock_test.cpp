@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "guest/lock_state.h"
+#include "guest/preempted.h"
 #include "repatch/engine.h"
 #include "sync/stop_machine.h"
 #include "sync/vcpu.h"
@@ -110,12 +111,12 @@ TEST(Spinlock, PvWaiterSleepsAtOnceWhenTheOwnerIsPreempted) {
   await([&] { return holder.holding.load(); }, "the holder has the lock");
   EXPECT_EQ(lock.owner().load(), h.id() + 1u);
   // The simulated hypervisor's mark; the holder in fact keeps running.
-  sync::slot(h.id()).preempted.store(true);
+  hypervisor::preempted(h.id()).store(true);
   Waiter waiter;
   VcpuThread w(waiter.body(lock));
   await([&] { return spinlock_stats().preempted_owner_sleeps.load() >= 1; },
         "the waiter gives up spinning because the owner is preempted");
-  sync::slot(h.id()).preempted.store(false);
+  hypervisor::preempted(h.id()).store(false);
   holder.release.store(true);
   await([&] { return waiter.acquired.load(); }, "the waiter has the lock");
 }
