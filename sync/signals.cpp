@@ -106,15 +106,17 @@ std::string disposition_text(int sig) {
   return "a handler at " + text::hex(reinterpret_cast<std::uintptr_t>(current.sa_handler));
 }
 
+using InterruptSignalHandler = void (*)(int, siginfo_t*, void*);
+
 // Whether `sig` still runs `handler` as installed here.
-bool runs(int sig, void (*handler)(int, siginfo_t*, void*)) {
+bool runs(int sig, InterruptSignalHandler handler) {
   struct sigaction current {};
   return sigaction(sig, nullptr, &current) == 0 && (current.sa_flags & SA_SIGINFO) != 0 &&
          current.sa_sigaction == handler;
 }
 
-// Up to `wanted` real-time signals nobody handles, leaving out `except`, for a message that tells a
-// person which ones they could choose.
+// Up to `wanted` real-time signals nobody handles, other than the two excepted, for a message that
+// tells a person which ones they could choose.
 std::string free_signals_text(int wanted, int except_a, int except_b) {
   std::string out;
   int found = 0;
@@ -247,18 +249,19 @@ Status check_interrupt_signals() {
   const int ipi = g_ipi_signal.load(std::memory_order_acquire);
   const int nmi = g_nmi_signal.load(std::memory_order_acquire);
   if (ipi == 0) return {};
-  for (const auto& [sig, what, handler] :
-       {std::tuple{ipi, "IPI", &on_ipi}, std::tuple{nmi, "NMI", &on_nmi}}) {
+  const std::tuple<int, const char*, InterruptSignalHandler, const char*> installed[] = {
+      {ipi, "IPI", &on_ipi, "a stop could not park the vCPUs"},
+      {nmi, "NMI", &on_nmi, "NMIs sent to vCPUs would not run the vCPUs' NMI handler"}};
+  for (const auto& [sig, what, handler, consequence] : installed) {
     if (runs(sig, handler)) continue;
     return Error(ErrorCode::kState,
                  "the vCPU " + std::string(what) + " signal " + text::signal_name(sig) +
                      " no longer runs the vCPU " + what +
                      " handler: something in the process changed its disposition after it was "
                      "installed (it is now " +
-                     disposition_text(sig) +
-                     "). Without it a stop cannot park the vCPUs, nor NMIs run. Leave the signal "
-                     "alone, or give the engine signals the program does not use "
-                     "(BootOptions::interrupt_signals)");
+                     disposition_text(sig) + "), and " + consequence +
+                     ". Leave the signal alone, or give the engine signals the program does not "
+                     "use (BootOptions::interrupt_signals)");
   }
   return {};
 }
