@@ -6,8 +6,12 @@
 //   third step:  plan: compute every site's current and target image and compare each site's
 //                bytes with its current image. Any failure so far returns with nothing written
 //                and the text untouched;
-//   fourth step: set up the text writer (for memfd: remap the pages that hold sites);
-//   fifth step:  write each site that changes, point each op slot at its variant, sync_core.
+//   fourth step: take the vCPUs' IPI and NMI signals (refused, with nothing written, when one
+//                the options ask for is handled by something else) and set up the text writer
+//                (for memfd: remap the pages that hold sites);
+//   fifth step:  write each site that changes, point each op slot at its variant, sync_core;
+//                then install the #BP (SIGTRAP) handler, last, because it keeps a pointer to this
+//                boot's site table, which a failed boot frees.
 #include <dirent.h>
 
 #include <atomic>
@@ -20,8 +24,10 @@
 #include "base/text.h"
 #include "engine/engine_impl.h"
 #include "engine/group_phase.h"
+#include "engine/int3_handler.h"
 #include "engine/op_marks.h"
 #include "engine/site_image.h"
+#include "sync/vcpu.h"
 
 namespace repatch {
 namespace {
@@ -143,6 +149,17 @@ Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
                    "); boot with TextWriter::kProcSelfMem instead");
 }
 
+// The vCPUs' IPI and NMI: the program's choice, or the first two free real-time signals. Either
+// way a signal something else handles is refused rather than taken over.
+Status take_interrupt_signals(const BootOptions& options) {
+  if (!options.interrupt_signals.has_value()) return sync::choose_interrupt_signals();
+  const InterruptSignals& asked = *options.interrupt_signals;
+  if (Status s = sync::use_interrupt_signals(asked.ipi, asked.nmi); !s.ok()) {
+    return Error(s.error().code(), "BootOptions::interrupt_signals: " + s.error().message());
+  }
+  return {};
+}
+
 Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   if (const int threads = thread_count(); threads > 1) {
     return Error(ErrorCode::kState,
@@ -176,6 +193,7 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   if (!writes.ok()) return writes.error();
 
   // Fourth step.
+  REPATCH_RETURN_IF_ERROR(take_interrupt_signals(options));
   Result<std::unique_ptr<x86::TextPoker>> poker = make_writer(options.writer, impl->table);
   if (!poker.ok()) return poker.error();
   impl->poker = std::move(poker).value();
@@ -206,6 +224,10 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
     *op.desc->slot = reinterpret_cast<void*>(op.variants[v == engine::kIndirect ? 0 : v]->callable);
   }
   x86::sync_core();
+  // The SIGTRAP disposition in place now is kept and receives every trap that is not the engine's.
+  if (Status s = engine::install_int3_handler(impl->table); !s.ok()) {
+    return Error(s.error().code(), s.error().message() + "; " + undo_boot_writes(*impl));
+  }
   return impl;
 }
 

@@ -8,6 +8,7 @@
 #include "engine/engine_impl.h"
 #include "engine/site_image.h"
 #include "engine/symbolizer.h"
+#include "sync/vcpu.h"
 
 namespace repatch {
 namespace {
@@ -71,6 +72,8 @@ EngineStatus Engine::status() const {
     out.text_end = impl_->poker->end();
   }
   out.sync_core = x86::sync_core_method() == x86::SyncCoreMethod::kSerialize ? "serialize" : "iret";
+  out.ipi_signal = sync::ipi_signal();
+  out.nmi_signal = sync::nmi_signal();
   return out;
 }
 

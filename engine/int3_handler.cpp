@@ -14,6 +14,7 @@
 #include "base/context.h"
 #include "base/errno_text.h"
 #include "base/return_if_error.h"
+#include "base/signal_name.h"
 #include "base/test_hooks.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
@@ -143,7 +144,22 @@ Status install_int3_handler(const SiteTable& table) {
   std::lock_guard<std::mutex> lock(once);
   g_table.store(&table, std::memory_order_release);
   static bool installed = false;
-  if (installed) return {};
+  if (installed) {
+    // Whoever replaced the handler since gets the fences' traps, which it cannot finish: a thread
+    // that meets a fence would die or spin. Nothing chains back to a handler that was replaced.
+    struct sigaction current {};
+    if (sigaction(SIGTRAP, nullptr, &current) == 0 && (current.sa_flags & SA_SIGINFO) != 0 &&
+        current.sa_sigaction == &on_sigtrap) {
+      return {};
+    }
+    return Error(ErrorCode::kState,
+                 text::signal_name(SIGTRAP) +
+                     " no longer runs the engine's #BP handler: something in the process "
+                     "installed its own (or reset it) after boot, and a thread that met a switch's "
+                     "INT3 fence would reach it instead. Install SIGTRAP handlers before boot: the "
+                     "engine keeps the one it finds and passes it every trap that is not at a "
+                     "repatch site");
+  }
   // The IPI is blocked while the handler runs, so a vCPU never parks while it holds an attempt
   // (publish_and_drain waits for every executor, inside the stop). Its number must be known now.
   REPATCH_RETURN_IF_ERROR(sync::choose_interrupt_signals());

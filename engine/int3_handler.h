@@ -8,7 +8,8 @@
 // (another executor finished meanwhile) just resumes at the site start.
 //
 // Any other SIGTRAP (a debugger's breakpoint, raise(SIGTRAP), an int3 elsewhere) goes to the
-// handler that was installed before, or gets the default action. A debugger attached to the
+// handler that was installed before boot, or gets the default action. A handler installed after
+// boot replaces this one; switches then refuse (docs/signals.md). A debugger attached to the
 // process sees every SIGTRAP first, the engine's included: in gdb, `signal SIGTRAP` hands a
 // fence's trap to this handler (README says why `handle SIGTRAP pass` does not do).
 #ifndef REPATCH_ENGINE_INT3_HANDLER_H_
@@ -19,9 +20,10 @@
 
 namespace repatch::engine {
 
-/// Installs the handler once, remembering the previous disposition. Normal context. `table` must
-/// outlive the process's use of the handler (the engine's table lives for ever). Fails with
-/// kSystem when sigaction refuses.
+/// Installs the handler once, remembering the previous disposition; later calls check that
+/// SIGTRAP still runs it. Normal context. `table` must outlive the process's use of the handler
+/// (the engine's table lives for ever). Fails with kSystem when sigaction refuses, kState when
+/// something replaced the handler since it was installed (nothing chains back to it then).
 Status install_int3_handler(const SiteTable& table);
 
 }  // namespace repatch::engine

@@ -34,6 +34,7 @@
 #include "sync/realtime.h"
 #include "sync/stop_machine.h"
 #include "sync/sync_cores.h"
+#include "sync/vcpu.h"
 
 namespace repatch {
 namespace {
@@ -411,7 +412,10 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
                         "the INT3 and NMI executors); this engine was booted with " +
                             std::string(x86::poker_kind_name(impl.writer))));
   }
+  // Boot installed both; these check that the program has not replaced them since (a stop whose
+  // IPIs reach another handler would wait out its deadline on every vCPU, and fail).
   if (Status s = engine::install_int3_handler(impl.table); !s.ok()) return refuse(s.error());
+  if (Status s = sync::check_interrupt_signals(); !s.ok()) return refuse(s.error());
   if (Status s = sync::register_sync_cores(); !s.ok()) return refuse(s.error());
   outcome.sites = plan.sites.size();
   // With the "stop" handler off (tests only), a stop-machine switch writes as the batch writer

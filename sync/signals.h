@@ -1,9 +1,12 @@
 // The IPI and NMI signals: choosing their numbers and installing their handlers (internal to
 // sync/).
 //
-// The numbers are chosen once per process, at the first Vcpu::enter(), as the first two real-time
-// signals from SIGRTMIN whose disposition is still SIG_DFL: glibc keeps the ones below SIGRTMIN,
-// and a signal somebody else already handles is not ours to take.
+// The numbers are set once per process: by the program (use_interrupt_signals, from the engine's
+// boot options), or else at the first Vcpu::enter() or choose_interrupt_signals() as the first two
+// real-time signals from SIGRTMIN whose disposition is still SIG_DFL. glibc keeps the ones below
+// SIGRTMIN, and a signal somebody else already handles or ignores is not ours to take, whoever
+// chose it. Once installed they are never shared or chained: check_interrupt_signals() tells
+// whether somebody has replaced one since.
 //
 // Masks while a handler runs (the kernel adds the handler's own signal unless SA_NODEFER):
 //   IPI handler: the IPI only. An NMI must still arrive inside it, and SIGTRAP must never be
@@ -20,8 +23,9 @@
 
 namespace repatch::sync::detail {
 
-/// Chooses the two signals and installs their handlers, once per process; later calls return
-/// the first call's outcome. Thread-safe; normal context only (it takes a mutex).
+/// Chooses the two signals and installs their handlers, once per process; once they are installed
+/// (by this or by use_interrupt_signals) later calls succeed and change nothing. Thread-safe;
+/// normal context only (it takes a mutex).
 Status install_interrupt_signals();
 
 }  // namespace repatch::sync::detail

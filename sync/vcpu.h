@@ -11,7 +11,9 @@
 //        analogue of local_irq_disable()).
 //   NMI  a second real-time signal that guest code never blocks. Its handler does not nest (the
 //        NMI signal is blocked while it runs) and is async-signal-safe.
-// Both signal numbers are chosen at run time from SIGRTMIN upwards (glibc keeps the first ones).
+// Both signal numbers are chosen at run time from SIGRTMIN upwards (glibc keeps the first ones),
+// as the first two that nobody in the process handles, or given by the program
+// (use_interrupt_signals); docs/signals.md says what is checked and why they are not shared.
 // Handlers run on a per-vCPU alternate signal stack, allocated at registration, so that nested
 // IPI -> NMI -> #BP handlers have bounded, known stack. SIGTRAP is never blocked by any handler.
 #ifndef REPATCH_SYNC_VCPU_H_
@@ -116,9 +118,25 @@ int ipi_signal();
 int nmi_signal();
 
 /// Chooses the IPI and NMI signals and installs their handlers now, as the first Vcpu::enter()
-/// would, for a layer that needs the numbers earlier (the #BP handler blocks the IPI). Normal
-/// context. Fails with kSystem or kUnsupported as Vcpu::enter() does.
+/// would, for a layer that needs the numbers earlier (the #BP handler blocks the IPI). Does nothing
+/// once they are installed. Normal context. Fails with kSystem or kUnsupported as Vcpu::enter()
+/// does; kSystem names the signals it tried.
 Status choose_interrupt_signals();
+
+/// Installs the IPI and NMI handlers on `ipi` and `nmi`, chosen by the program instead of found by
+/// choose_interrupt_signals(). Call it before the first Vcpu::enter(). Normal context. Fails with
+/// kInvalidArgument when a number is outside SIGRTMIN..SIGRTMAX (read at run time: glibc keeps the
+/// first real-time signals) or the two are equal; kState when the signals are installed already
+/// with other numbers (asking again for the installed ones succeeds), or when either signal is not
+/// free: something else in the process handles or ignores it (the message names it, says what its
+/// disposition is and which signals are free); kSystem when sigaction refuses.
+Status use_interrupt_signals(int ipi, int nmi);
+
+/// Checks that the IPI and NMI signals still run the handlers installed for them: a program that
+/// installs its own handler on one afterwards (or resets it) replaces the vCPUs' interrupts, and
+/// nothing chains to them. Two sigaction() reads. Ok when no signals are installed yet. Fails with
+/// kState naming the signal and its disposition now. Normal context (the message allocates).
+Status check_interrupt_signals();
 
 /// What a vCPU's IPI and NMI handlers run. Set once, before vCPUs exist, by the layer above
 /// (stop-machine). Each is called in signal context with the receiving vCPU's id and the

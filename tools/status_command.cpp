@@ -1,5 +1,8 @@
 #include "tools/status_command.h"
 
+#include <signal.h>
+
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -7,6 +10,7 @@
 #include <vector>
 
 #include "base/json.h"
+#include "base/signal_name.h"
 #include "base/text.h"
 #include "repatch/engine.h"
 #include "tools/command_line.h"
@@ -75,6 +79,8 @@ void print_text(const EngineStatus& s) {
                 text::hex(s.text_end).c_str());
   }
   std::printf("\nsync_core: %s\n", s.sync_core.c_str());
+  std::printf("signals: IPI %s, NMI %s, #BP %s\n", text::signal_name(s.ipi_signal).c_str(),
+              text::signal_name(s.nmi_signal).c_str(), text::signal_name(SIGTRAP).c_str());
   std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n\n",
               s.bytes_per_site, s.retained_bytes, s.sites.size());
   std::printf("%-16s %-11s %-22s %4s %6s  %s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES",
@@ -108,6 +114,8 @@ void print_json(const EngineStatus& s) {
   j.key("text_begin").value(text::hex(s.text_begin));
   j.key("text_end").value(text::hex(s.text_end));
   j.key("sync_core").value(s.sync_core);
+  j.key("ipi_signal").value(static_cast<std::uint64_t>(s.ipi_signal));
+  j.key("nmi_signal").value(static_cast<std::uint64_t>(s.nmi_signal));
   j.key("bytes_per_site").value(static_cast<std::uint64_t>(s.bytes_per_site));
   j.key("retained_bytes").value(static_cast<std::uint64_t>(s.retained_bytes));
   j.key("groups").begin_array();

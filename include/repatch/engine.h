@@ -40,6 +40,12 @@ struct GroupChoice {
   std::string variant;
 };
 
+/// The two real-time signals the vCPUs take as their IPI and NMI (docs/signals.md).
+struct InterruptSignals {
+  int ipi = 0;
+  int nmi = 0;
+};
+
 struct BootOptions {
   /// Initial variant per group. Groups not named start in their default (first) variant, except
   /// feature-keyed groups, which start in the variant that matches the CPU.
@@ -48,6 +54,12 @@ struct BootOptions {
   /// When set, the CPU features to assume instead of those CPUID reports (for tests and replays):
   /// every feature not listed is taken as absent. Names as in REPATCH_DEFINE_FEATURE_GROUP.
   std::optional<std::vector<std::string>> features = std::nullopt;
+  /// The real-time signals for the vCPUs' IPI and NMI: each from SIGRTMIN to SIGRTMAX (glibc's
+  /// values, read at run time, e.g. SIGRTMIN + 4), the two distinct, and neither handled nor
+  /// ignored by anything in the process at boot. Unset: boot takes the first two from SIGRTMIN up
+  /// that nothing handles. Either way the engine owns them from boot on and shares them with
+  /// nobody (docs/signals.md).
+  std::optional<InterruptSignals> interrupt_signals = std::nullopt;
 };
 
 struct GroupStatus {
@@ -81,6 +93,8 @@ struct EngineStatus {
   std::uintptr_t text_begin = 0;   ///< the remapped range (memfd writer), else 0
   std::uintptr_t text_end = 0;
   std::string sync_core;  ///< "iret" or "serialize"
+  int ipi_signal = 0;     ///< the vCPUs' IPI signal (a real-time signal)
+  int nmi_signal = 0;     ///< the vCPUs' NMI signal
 };
 
 /// How a switch writes the sites. Every writer runs the same protocol (docs/switch-protocol.md):
@@ -206,10 +220,16 @@ class Engine {
   /// message lists the ones that do), kForeignWrite (a
   /// site does not hold its unpatched instruction; the message names the site), kBadImage or
   /// kUnrelocatable (a variant's image cannot fill its sites), kBadSiteRecord, kInvalidArgument
-  /// (a declaration is inconsistent, or a group is named twice in `options`), kSystem (the text
-  /// writer could not be set up or a write failed; sites written before the failure are put back)
-  /// or kUnsupported (the memfd writer cannot cover the sites, e.g. they lie in more than one
-  /// executable mapping: use TextWriter::kProcSelfMem).
+  /// (a declaration is inconsistent, a group is named twice in `options`, or
+  /// `options.interrupt_signals` is out of range or names one signal twice), kSystem (the text
+  /// writer could not be set up or a write failed, sites written before the failure are put back;
+  /// or no two real-time signals are free) or kUnsupported (the memfd writer cannot cover the
+  /// sites, e.g. they lie in more than one executable mapping: use TextWriter::kProcSelfMem).
+  /// Signals: boot installs the vCPUs' IPI and NMI handlers and the #BP (SIGTRAP) handler. It
+  /// fails with kState, naming the signal, when a signal in `options.interrupt_signals` already has
+  /// a handler or is ignored, or when the vCPU signals were installed before boot (by
+  /// sync::Vcpu::enter()) with numbers other than those asked for. A SIGTRAP handler in place at
+  /// boot is kept: every trap that is not at a repatch site goes on to it (docs/signals.md).
   static Result<Engine*> boot(const BootOptions& options = {});
 
   /// The booted engine, or nullptr before boot() succeeds.
@@ -242,8 +262,9 @@ class Engine {
   /// "indirect" target), kForeignWrite, kBadImage (an image pair cannot be switched live: same
   /// first byte and no padding), kUnsupported (TextWriter::kProcSelfMem cannot switch live;
   /// kBatch for a group that is not interchangeable; kStopless for a group beyond the first 32),
-  /// kState (not booted, or called from a signal
-  /// handler or during a stop).
+  /// kState (not booted, or called from a signal handler or during a stop, or one of the engine's
+  /// signals, the vCPUs' IPI or NMI or SIGTRAP, no longer runs the engine's handler because the
+  /// program installed its own after boot: the message names the signal; docs/signals.md).
   SwitchOutcome switch_groups(const std::vector<GroupChoice>& choices,
                               const SwitchOptions& options = {});
 

@@ -19,7 +19,7 @@ void previous_handler(int, siginfo_t* info, void*) {
   g_previous_code.store(info->si_code);
 }
 
-// Boots and switches once, which installs the engine's handler on top of whatever is there.
+// Boots, which installs the engine's handler on top of whatever is there, and switches once.
 void boot_and_switch() {
   Result<Engine*> engine = boot({.initial = {{"demo_lock", "native"}}});
   ASSERT_TRUE(engine.ok()) << engine.error().to_string();
