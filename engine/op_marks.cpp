@@ -44,6 +44,17 @@ bool thread_gone(pid_t tid) noexcept {
   return gone;
 }
 
+// Whether `marks` has an op of a group in `group_bits` open. seq_cst for another thread's row:
+// ordered after the fence's locked writes, so that an op entered before the fence was visible is
+// seen (pairs with the seq_cst increment in OpInFlight); relaxed suffices for the thread's own.
+bool any_open(const detail::ThreadOpMarks& marks, std::uint32_t group_bits,
+              std::memory_order order) noexcept {
+  for (std::uint32_t bits = group_bits; bits != 0; bits &= bits - 1) {
+    if (marks.depth[__builtin_ctz(bits)].load(order) != 0) return true;
+  }
+  return false;
+}
+
 bool row_idle(const Row& row) noexcept {
   for (const auto& depth : row.marks.depth) {
     if (depth.load(std::memory_order_relaxed) != 0) return false;
@@ -91,27 +102,17 @@ Status prepare_op_marks() {
 OpThread find_thread_in_op(std::uint32_t group_bits) noexcept {
   if (group_bits == 0) return kNoOpThread;
   const std::uint32_t limit = g_row_limit.load(std::memory_order_seq_cst);
-  const auto open = [group_bits](const Row& row) noexcept {
-    for (std::uint32_t bits = group_bits; bits != 0; bits &= bits - 1) {
-      // seq_cst: ordered after the fence's locked writes, so that an op entered before the fence
-      // was visible is seen here (pairs with the seq_cst increment in OpInFlight).
-      if (row.marks.depth[__builtin_ctz(bits)].load(std::memory_order_seq_cst) != 0) return true;
-    }
-    return false;
-  };
   for (std::uint32_t i = 0; i < limit; ++i) {
-    if (open(g_rows[i])) return i;
+    if (any_open(g_rows[i].marks, group_bits, std::memory_order_seq_cst)) return i;
   }
-  return open(g_rows[kOverflowOpThread]) ? kOverflowOpThread : kNoOpThread;
+  return any_open(g_rows[kOverflowOpThread].marks, group_bits, std::memory_order_seq_cst)
+             ? kOverflowOpThread
+             : kNoOpThread;
 }
 
 bool this_thread_in_op(std::uint32_t group_bits) noexcept {
   const detail::ThreadOpMarks* marks = detail::t_op_marks;
-  if (marks == nullptr) return false;
-  for (std::uint32_t bits = group_bits; bits != 0; bits &= bits - 1) {
-    if (marks->depth[__builtin_ctz(bits)].load(std::memory_order_relaxed) != 0) return true;
-  }
-  return false;
+  return marks != nullptr && any_open(*marks, group_bits, std::memory_order_relaxed);
 }
 
 std::string describe_op_thread(OpThread row) {
