@@ -39,6 +39,10 @@ const char* handler_name(Handler handler) {
       return "in_op_deadline";
     case Handler::kThreadMarks:
       return "thread_marks";
+    case Handler::kModuleWait:
+      return "module_wait";
+    case Handler::kModuleGrace:
+      return "module_grace";
     case Handler::kCount:
       break;
   }

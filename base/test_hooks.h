@@ -34,6 +34,10 @@ enum class Handler : std::uint8_t {
                      ///< an op after SwitchOptions::in_op_deadline (H3)
   kThreadMarks,      ///< "thread_marks": threads that are not vCPUs keep in-op marks too, which
                      ///< the switch reads (H7 for threads the program never registered)
+  kModuleWait,       ///< "module_wait": an object loaded after boot waits for a switch in
+                     ///< progress before it takes its groups' variants (H1 for modules)
+  kModuleGrace,      ///< "module_grace": an object unloaded waits for an RCU grace period before
+                     ///< its table is freed (a #BP lookup never reads a freed entry)
   kCount,
 };
 
@@ -58,9 +62,11 @@ enum class Point : std::uint8_t {
   kTailWrite,   ///< after the tail of each site
   kHeadWrite,   ///< after each first byte
   kWritten,     ///< every site holds its new image, vCPUs not yet released
+  kObjectLookup,  ///< any thread, inside an object lookup's RCU read-side section (sites_done: 0)
 };
 
-/// Runs on the primary, inside the stop: must be async-signal-safe and must not allocate.
+/// Runs on the primary, inside the stop (kObjectLookup: on the thread looking up, maybe in a
+/// signal handler): must be async-signal-safe and must not allocate.
 using InjectionHook = void (*)(Point point, std::uint32_t sites_done, void* arg) noexcept;
 
 #ifdef REPATCH_TEST_HOOKS

@@ -25,6 +25,8 @@
 #include "engine/engine_impl.h"
 #include "engine/group_phase.h"
 #include "engine/int3_handler.h"
+#include "engine/modules.h"
+#include "engine/object_registry.h"
 #include "engine/op_marks.h"
 #include "engine/site_image.h"
 #include "sync/vcpu.h"
@@ -81,74 +83,6 @@ Result<std::vector<engine::VariantIndex>> resolve_initial(const engine::Catalog&
   return variants;
 }
 
-struct SiteWrite {
-  engine::SiteEntry* entry;
-  x86::Image image;
-  engine::VariantIndex variant;
-};
-
-Result<std::vector<SiteWrite>> plan_boot(const engine::Catalog& catalog, engine::SiteTable& table,
-                                         const std::vector<engine::VariantIndex>& target) {
-  std::vector<SiteWrite> writes;
-  for (engine::SiteEntry& entry : table.entries()) {
-    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(catalog, table, entry));
-    const engine::VariantIndex v = target[catalog.op(entry.op).group];
-    // Every image is computed even when it will not be written now, so that a variant that cannot
-    // fill some site is refused at boot rather than at the first switch to it.
-    const std::size_t variants = catalog.op(entry.op).variants.size();
-    for (std::size_t other = 0; other < variants; ++other) {
-      Result<x86::Image> image =
-          engine::site_image(catalog, table, entry, static_cast<engine::VariantIndex>(other));
-      if (!image.ok()) return image.error();
-      // Sites that stay indirect already hold their image.
-      if (other == v) writes.push_back({&entry, image.value(), v});
-    }
-  }
-  return writes;
-}
-
-// After a failed write: puts every site already written back to its unpatched image, so that no
-// group is left half-switched (the op slots are not touched until every write succeeded). Returns
-// what happened, for the error message.
-std::string undo_boot_writes(Engine::Impl& impl) {
-  std::size_t undone = 0;
-  std::size_t stuck = 0;
-  for (engine::SiteEntry& entry : impl.table.entries()) {
-    if (entry.variant() == engine::kIndirect && !entry.alt_pad()) continue;
-    Result<x86::Image> indirect =
-        engine::site_image(impl.catalog, impl.table, entry, engine::kIndirect);
-    if (indirect.ok() &&
-        impl.poker->write(impl.table.address(entry), indirect.value().view()).ok()) {
-      entry.set_held(engine::kIndirect, false);
-      ++undone;
-    } else {
-      ++stuck;
-    }
-  }
-  x86::sync_core();
-  if (stuck == 0) {
-    return "the " + std::to_string(undone) +
-           " sites written before it were put back to their unpatched image";
-  }
-  return std::to_string(stuck) +
-         " sites written before it could not be put back and hold their new image: do not "
-         "boot again in this process";
-}
-
-Result<std::unique_ptr<x86::TextPoker>> make_writer(TextWriter writer,
-                                                    const engine::SiteTable& table) {
-  if (table.entries().empty()) return std::unique_ptr<x86::TextPoker>();
-  if (writer == TextWriter::kProcSelfMem) return x86::make_procmem_poker();
-  Result<std::unique_ptr<x86::TextPoker>> poker =
-      x86::make_memfd_poker(table.base(), table.limit());
-  if (poker.ok() || poker.error().code() == ErrorCode::kSystem) return poker;
-  // The range is the span of every site; the memfd writer remaps it as one executable mapping.
-  return Error(ErrorCode::kUnsupported,
-               "the memfd text writer cannot remap the sites' range " + text::hex(table.base()) +
-                   "-" + text::hex(table.limit()) + " (" + poker.error().message() +
-                   "); boot with TextWriter::kProcSelfMem instead");
-}
-
 // The vCPUs' IPI and NMI: the program's choice, or the first two free real-time signals. Either
 // way a signal something else handles is refused rather than taken over.
 Status take_interrupt_signals(const BootOptions& options) {
@@ -158,6 +92,18 @@ Status take_interrupt_signals(const BootOptions& options) {
     return Error(s.error().code(), "BootOptions::interrupt_signals: " + s.error().message());
   }
   return {};
+}
+
+// After a failed boot: puts the sites of objects [0, count) back to their unpatched images.
+std::string undo_objects(Engine::Impl& impl, std::size_t count)
+    REPATCH_REQUIRES(impl.switch_mutex) {
+  std::string out;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (Status s = engine::undo_object_writes(*impl.objects[i]); !s.ok()) {
+      out += "; " + s.error().message();
+    }
+  }
+  return out;
 }
 
 Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
@@ -176,57 +122,60 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   if (!cpu.ok()) return cpu.error();
   impl->cpu = cpu.value();
 
-  // First step.
-  Result<engine::Catalog> catalog = engine::Catalog::build(engine::program_descriptors());
-  if (!catalog.ok()) return catalog.error();
-  impl->catalog = std::move(catalog).value();
-  Result<engine::SiteTable> table =
-      engine::SiteTable::build(engine::program_site_records(), impl->catalog);
-  if (!table.ok()) return table.error();
-  impl->table = std::move(table).value();
+  // First step: every object that registered (the program, shared objects loaded before boot),
+  // each fitted to the catalog of those before it.
+  const base::MutexLock not_yet_shared(impl->switch_mutex);
+  for (const abi::ObjectSections* sections : engine::objects_registered()) {
+    Result<std::unique_ptr<engine::CodeObject>> object = engine::build_code_object(
+        *sections, impl->catalog,
+        [&](std::span<const abi::GroupDesc* const> fresh, const engine::Descriptors& own)
+            REPATCH_NO_THREAD_SAFETY_ANALYSIS {
+              return engine::extend_catalog(*impl, fresh, own);
+            });
+    if (!object.ok()) return object.error();
+    impl->objects.push_back(std::move(object).value());
+  }
 
   // Second and third steps.
   Result<std::vector<engine::VariantIndex>> target =
       resolve_initial(impl->catalog, options, impl->cpu);
   if (!target.ok()) return target.error();
-  Result<std::vector<SiteWrite>> writes = plan_boot(impl->catalog, impl->table, target.value());
-  if (!writes.ok()) return writes.error();
+  std::vector<std::vector<engine::SiteWrite>> writes;
+  for (const auto& object : impl->objects) {
+    Result<std::vector<engine::SiteWrite>> planned =
+        engine::plan_object_writes(*object, target.value());
+    if (!planned.ok()) return planned.error();
+    writes.push_back(std::move(planned).value());
+  }
 
   // Fourth step.
   REPATCH_RETURN_IF_ERROR(take_interrupt_signals(options));
-  Result<std::unique_ptr<x86::TextPoker>> poker = make_writer(options.writer, impl->table);
-  if (!poker.ok()) return poker.error();
-  impl->poker = std::move(poker).value();
   impl->writer = options.writer == TextWriter::kProcSelfMem ? x86::PokerKind::kProcSelfMem
                                                             : x86::PokerKind::kMemfdAlias;
+  for (const auto& object : impl->objects) {
+    REPATCH_RETURN_IF_ERROR(engine::make_object_writer(*object, impl->writer));
+  }
 
   // Fifth step. Only this thread runs, so plain writes followed by one sync_core suffice.
-  for (const SiteWrite& w : writes.value()) {
-    const std::uintptr_t address = impl->table.address(*w.entry);
-    if (Status s = impl->poker->write(address, w.image.view()); !s.ok()) {
-      return Error(s.error().code(),
-                   "boot could not write " +
-                       engine::describe_site(impl->catalog, impl->table, *w.entry) + ": " +
-                       s.error().message() + "; " + undo_boot_writes(*impl));
+  for (std::size_t i = 0; i < impl->objects.size(); ++i) {
+    if (Status s = engine::write_object(*impl->objects[i], writes[i]); !s.ok()) {
+      return Error(s.error().code(), "boot " + s.error().message() + undo_objects(*impl, i));
     }
-    w.entry->set_held(w.variant, false);
   }
-  // Nobody else knows impl yet; the lock costs nothing and lets the analysis check every access.
-  const base::MutexLock not_yet_shared(impl->switch_mutex);
   impl->group_variant = target.value();
   for (engine::GroupIndex g = 0; g < impl->group_variant.size() && g < abi::kMaxTrackedGroups;
        ++g) {
     engine::settle_group_phase(g, impl->group_variant[g]);
   }
   impl->group_state.assign(impl->catalog.groups().size(), nullptr);
-  for (const engine::CatalogOp& op : impl->catalog.ops()) {
-    const engine::VariantIndex v = impl->group_variant[op.group];
-    *op.desc->slot = reinterpret_cast<void*>(op.variants[v == engine::kIndirect ? 0 : v]->callable);
+  for (const auto& object : impl->objects) {
+    engine::point_object_slots(*object, impl->group_variant);
   }
   x86::sync_core();
+  engine::publish_objects(*impl);
   // The SIGTRAP disposition in place now is kept and receives every trap that is not the engine's.
-  if (Status s = engine::install_int3_handler(impl->table); !s.ok()) {
-    return Error(s.error().code(), s.error().message() + "; " + undo_boot_writes(*impl));
+  if (Status s = engine::install_int3_handler(); !s.ok()) {
+    return Error(s.error().code(), s.error().message() + undo_objects(*impl, impl->objects.size()));
   }
   return impl;
 }
@@ -249,13 +198,15 @@ Result<Engine*> Engine::boot(const BootOptions& options) {
   // The engine lives as long as the process: the text it patched does.
   auto* engine = new Engine(std::move(impl).value());
   g_engine.store(engine, std::memory_order_release);  // pairs with the acquire in get()
-  // From here, OpInFlight counts ops of the tracked groups (their phase words are settled).
-  const auto groups = engine->impl_->catalog.groups();
-  for (std::size_t g = 0; g < groups.size() && g < abi::kMaxTrackedGroups; ++g) {
-    // Release: pairs with OpInFlight's acquire, which then reads a settled phase word.
-    groups[g].desc->runtime->tracked_index.store(static_cast<std::uint8_t>(g),
-                                                 std::memory_order_release);
+  {
+    Impl& booted = *engine->impl_;
+    const base::MutexLock no_switch_yet(booted.switch_mutex);
+    // From here, OpInFlight counts ops of the tracked groups (their phase words are settled).
+    for (const auto& object : booted.objects)
+      engine::publish_tracked_indexes(*object);
   }
+  // Objects loaded from now on are brought into the groups' variants as they load.
+  engine::hand_objects_to(engine->impl_.get());
   g_boot_state.store(BootState::kBooted);
   return engine;
 }

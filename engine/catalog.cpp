@@ -9,20 +9,6 @@
 #include "base/return_if_error.h"
 #include "base/text.h"
 
-// The linker defines __start_/__stop_ symbols for every section whose name is a C identifier.
-// They are weak so that a program without any op still links (they are then null).
-extern "C" {
-#define REPATCH_SECTION_BOUNDS(kind, type)                  \
-  extern __attribute__((weak, visibility("hidden")))        \
-  const repatch::abi::type* const __start_repatch_##kind[]; \
-  extern __attribute__((weak, visibility("hidden")))        \
-  const repatch::abi::type* const __stop_repatch_##kind[];
-REPATCH_SECTION_BOUNDS(groups, GroupDesc)
-REPATCH_SECTION_BOUNDS(ops, OpDesc)
-REPATCH_SECTION_BOUNDS(variants, VariantDesc)
-#undef REPATCH_SECTION_BOUNDS
-}
-
 namespace repatch::engine {
 namespace {
 
@@ -230,9 +216,147 @@ std::string_view Catalog::variant_name(GroupIndex g, VariantIndex v) const {
 }
 
 Descriptors program_descriptors() {
-  return {section_span(__start_repatch_groups, __stop_repatch_groups),
-          section_span(__start_repatch_ops, __stop_repatch_ops),
-          section_span(__start_repatch_variants, __stop_repatch_variants)};
+  return object_descriptors(abi::detail::kThisObject);
+}
+
+Descriptors object_descriptors(const abi::ObjectSections& object) {
+  return {section_span(object.groups_begin, object.groups_end),
+          section_span(object.ops_begin, object.ops_end),
+          section_span(object.variants_begin, object.variants_end)};
+}
+
+Descriptors DescriptorCopies::copy(const Descriptors& from,
+                                   std::span<const abi::GroupDesc* const> groups) {
+  std::vector<const abi::GroupDesc*>& group_list = group_lists_.emplace_back();
+  std::vector<const abi::OpDesc*>& op_list = op_lists_.emplace_back();
+  std::vector<const abi::VariantDesc*>& variant_list = variant_lists_.emplace_back();
+  std::map<const abi::GroupDesc*, const abi::GroupDesc*> group_copy;
+  for (const abi::GroupDesc* original : groups) {
+    Group& g = groups_.emplace_back();
+    g.name = original->name;
+    for (std::uint32_t v = 0; v < original->variant_count; ++v) {
+      g.variants.push_back(g.variant_names.emplace_back(original->variants[v]).c_str());
+    }
+    if (original->feature != nullptr) g.feature = original->feature;
+    g.desc = {g.name.c_str(),
+              g.variants.data(),
+              original->variant_count,
+              original->flags,
+              original->feature != nullptr ? g.feature.c_str() : nullptr,
+              &g.runtime};
+    group_copy.emplace(original, &g.desc);
+    group_list.push_back(&g.desc);
+  }
+  std::map<const abi::OpDesc*, const abi::OpDesc*> op_copy;
+  for (const abi::OpDesc* original : from.ops) {
+    const auto group = group_copy.find(original->group);
+    if (group == group_copy.end()) continue;
+    Op& o = ops_.emplace_back();
+    o.name = original->name;
+    o.desc = {o.name.c_str(), group->second, &o.slot, original->site_length};
+    op_copy.emplace(original, &o.desc);
+    op_list.push_back(&o.desc);
+  }
+  for (const abi::VariantDesc* original : from.variants) {
+    const auto op = op_copy.find(original->op);
+    if (op == op_copy.end()) continue;
+    Variant& v = variants_.emplace_back();
+    v.name = original->name;
+    // A call variant whose callable is the original's address: the shape the catalog checks
+    // without reading the original's bytes, which may be gone when the catalog is built again.
+    v.desc = {op->second, v.name.c_str(), abi::VariantKind::kCall,
+              nullptr,    nullptr,        original->callable};
+    variant_list.push_back(&v.desc);
+  }
+  // Each copied op starts at its default variant, as Catalog::build checks.
+  for (Op& o : ops_) {
+    if (o.slot != nullptr) continue;
+    for (const abi::VariantDesc* v : variant_list) {
+      if (v->op == &o.desc && std::string_view(v->name) == o.desc.group->variants[0]) {
+        o.slot = reinterpret_cast<void*>(v->callable);
+      }
+    }
+  }
+  return {group_list, op_list, variant_list};
+}
+
+namespace {
+
+std::string variants_text(const abi::GroupDesc& group) {
+  return text::quoted_list(variant_names(group));
+}
+
+}  // namespace
+
+Result<std::vector<const abi::GroupDesc*>> fit_object(const Catalog& running, const Catalog& object,
+                                                      std::string_view object_name) {
+  const std::string where = " in " + std::string(object_name);
+  std::vector<const abi::GroupDesc*> new_groups;
+  for (const CatalogGroup& group : object.groups()) {
+    const abi::GroupDesc& mine = *group.desc;
+    Result<GroupIndex> g = running.find_group(mine.name);
+    if (!g.ok()) {
+      new_groups.push_back(&mine);
+      continue;
+    }
+    const abi::GroupDesc& theirs = *running.group(g.value()).desc;
+    const std::string name = "group '" + std::string(mine.name) + "'" + where;
+    for (std::uint32_t v = 0; v < mine.variant_count; ++v) {
+      if (!running.find_variant(g.value(), mine.variants[v]).ok()) {
+        return unknown(name + " declares variant '" + mine.variants[v] +
+                       "', which the running group lacks (it has " + variants_text(theirs) + ")");
+      }
+    }
+    if (mine.variant_count != theirs.variant_count ||
+        !std::equal(mine.variants, mine.variants + mine.variant_count, theirs.variants,
+                    [](const char* a, const char* b) { return std::string_view(a) == b; })) {
+      return invalid(name + " lists the variants " + variants_text(mine) +
+                     ", but the running group lists " + variants_text(theirs) +
+                     " (the same, in the same order, are needed)");
+    }
+    if (mine.flags != theirs.flags || std::string_view(mine.feature ? mine.feature : "") !=
+                                          (theirs.feature ? theirs.feature : "")) {
+      return invalid(name +
+                     " is declared with other flags or another CPU feature than the "
+                     "running group");
+    }
+  }
+  for (const CatalogOp& op : object.ops()) {
+    const abi::OpDesc& mine = *op.desc;
+    const std::string group_name = mine.group->name;
+    if (std::find(new_groups.begin(), new_groups.end(), mine.group) != new_groups.end()) continue;
+    const CatalogGroup& theirs = running.group(running.find_group(group_name).value());
+    const auto found = std::find_if(theirs.ops.begin(), theirs.ops.end(), [&](OpIndex o) {
+      return std::string_view(running.op(o).desc->name) == mine.name;
+    });
+    if (found == theirs.ops.end()) {
+      return unknown("op '" + std::string(mine.name) + "'" + where +
+                     " is not an op of the running group '" + group_name +
+                     "': a loaded object may add groups, not ops to a running group");
+    }
+    if (running.op(*found).desc->site_length != mine.site_length) {
+      return invalid("op '" + std::string(mine.name) + "'" + where + " has " +
+                     std::to_string(mine.site_length) + "-byte sites, the running op " +
+                     std::to_string(running.op(*found).desc->site_length) + "-byte ones");
+    }
+  }
+  return new_groups;
+}
+
+Catalog object_view(const Catalog& running, const Catalog& object) {
+  Catalog view = running;
+  for (const CatalogGroup& group : object.groups()) {
+    view.groups_[running.find_group(group.desc->name).value()].desc = group.desc;
+  }
+  for (const CatalogOp& op : object.ops()) {
+    const CatalogGroup& theirs = running.group(running.find_group(op.desc->group->name).value());
+    for (const OpIndex o : theirs.ops) {
+      if (std::string_view(running.op(o).desc->name) != op.desc->name) continue;
+      view.ops_[o].desc = op.desc;
+      view.ops_[o].variants = op.variants;
+    }
+  }
+  return view;
 }
 
 Result<std::vector<Choice>> resolve_choices(const Catalog& catalog,

@@ -8,7 +8,9 @@
 #define REPATCH_ENGINE_CATALOG_H_
 
 #include <cstdint>
+#include <deque>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -72,6 +74,7 @@ class Catalog {
   std::string_view variant_name(GroupIndex g, VariantIndex v) const;
 
  private:
+  friend Catalog object_view(const Catalog& running, const Catalog& object);
   std::vector<CatalogGroup> groups_;
   std::vector<CatalogOp> ops_;
 };
@@ -91,6 +94,59 @@ Result<std::vector<Choice>> resolve_choices(const Catalog& catalog,
 
 /// The descriptors this program registered through the macros of repatch/op.h.
 Descriptors program_descriptors();
+/// The descriptors an object registered (repatch_abi_object_loaded).
+Descriptors object_descriptors(const abi::ObjectSections& object);
+
+/// Copies of descriptors that outlive the object that declared them (a shared object unloaded
+/// with dlclose()). The engine's own catalog is built from copies: names, variant lists, flags
+/// and shapes are the declarer's, but the copies' slots and runtime records are their own, and
+/// their fragments and callables are addresses to compare, never to run or copy from.
+class DescriptorCopies {
+ public:
+  /// Copies `groups` with every op of theirs in `from` and every variant of those ops, and
+  /// returns the copies (in the order of `from`).
+  Descriptors copy(const Descriptors& from, std::span<const abi::GroupDesc* const> groups);
+
+ private:
+  struct Group {
+    std::string name;
+    std::deque<std::string> variant_names;
+    std::vector<const char*> variants;
+    std::string feature;
+    abi::GroupRuntime runtime;
+    abi::GroupDesc desc{};
+  };
+  struct Op {
+    std::string name;
+    void* slot = nullptr;
+    abi::OpDesc desc{};
+  };
+  struct Variant {
+    std::string name;
+    abi::VariantDesc desc{};
+  };
+  std::deque<Group> groups_;
+  std::deque<Op> ops_;
+  std::deque<Variant> variants_;
+  // What copy() returns points into these.
+  std::deque<std::vector<const abi::GroupDesc*>> group_lists_;
+  std::deque<std::vector<const abi::OpDesc*>> op_lists_;
+  std::deque<std::vector<const abi::VariantDesc*>> variant_lists_;
+};
+
+/// How an object's catalog (`object`, built from its own descriptors) fits the running one: each
+/// of its groups the running catalog has must list the same variants in the same order, with the
+/// same flags and feature; each of its ops of such a group must be an op of the running group,
+/// with the same site length. Fails with kUnknownName (an op the running group does not have; a
+/// variant the running group lacks) or kInvalidArgument (another mismatch), the message naming
+/// `object_name`. On success returns the object's groups the running catalog lacks.
+Result<std::vector<const abi::GroupDesc*>> fit_object(const Catalog& running, const Catalog& object,
+                                                      std::string_view object_name);
+
+/// The object's view of the running catalog: the running catalog's groups and ops, in its order,
+/// with the object's own descriptors in place of the copies for every group and op the object
+/// declares. Its sites' images and slots come from it. `object` must fit (fit_object).
+Catalog object_view(const Catalog& running, const Catalog& object);
 
 }  // namespace repatch::engine
 

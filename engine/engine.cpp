@@ -25,12 +25,12 @@ std::string call_target_name(const std::string& instruction) {
 }  // namespace
 
 EngineStatus Engine::status() const {
-  const engine::Catalog& catalog = impl_->catalog;
-  const engine::SiteTable& table = impl_->table;
+  EngineStatus out;
+  out.modules = modules();
   // The switch mutex: a switch on another thread writes group_variant, the table's held bytes and
   // the sites' code; this reads all three, so it waits for the switch to end.
   const base::MutexLock no_switch(impl_->switch_mutex);
-  EngineStatus out;
+  const engine::Catalog& catalog = impl_->catalog;
   for (std::size_t g = 0; g < catalog.groups().size(); ++g) {
     const engine::CatalogGroup& group = catalog.group(static_cast<engine::GroupIndex>(g));
     GroupStatus gs;
@@ -43,33 +43,37 @@ EngineStatus Engine::status() const {
       gs.feature_present = x86::cpu_has(impl_->cpu, gs.feature).value_or(false);
     }
     gs.ops = group.ops.size();
-    gs.sites = table.group_sites(static_cast<engine::GroupIndex>(g)).size();
+    for (const auto& object : impl_->objects) {
+      gs.sites += object->table.group_sites(static_cast<engine::GroupIndex>(g)).size();
+    }
     out.groups.push_back(std::move(gs));
   }
-  for (const engine::SiteEntry& entry : table.entries()) {
-    const engine::CatalogOp& op = catalog.op(entry.op);
-    const std::uintptr_t address = table.address(entry);
-    const auto* bytes = reinterpret_cast<const std::uint8_t*>(address);
-    SiteStatus ss;
-    ss.address = address;
-    ss.op = op.desc->name;
-    ss.group = op.desc->group->name;
-    ss.length = entry.length;
-    ss.variant = catalog.variant_name(op.group, entry.variant());
-    ss.bytes.assign(bytes, bytes + entry.length);
-    ss.instruction = x86::disassemble(ss.bytes, address);
-    ss.instruction += call_target_name(ss.instruction);
-    ss.symbol = engine::symbolizer().name(address);
-    out.sites.push_back(std::move(ss));
+  for (const auto& object : impl_->objects) {
+    for (const engine::SiteEntry& entry : object->table.entries()) {
+      const engine::CatalogOp& op = catalog.op(entry.op);
+      const std::uintptr_t address = object->table.address(entry);
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(address);
+      SiteStatus ss;
+      ss.address = address;
+      ss.op = op.desc->name;
+      ss.group = op.desc->group->name;
+      ss.length = entry.length;
+      ss.variant = catalog.variant_name(op.group, entry.variant());
+      ss.bytes.assign(bytes, bytes + entry.length);
+      ss.instruction = x86::disassemble(ss.bytes, address);
+      ss.instruction += call_target_name(ss.instruction);
+      ss.symbol = engine::symbolizer().name(address);
+      out.sites.push_back(std::move(ss));
+    }
+    out.retained_bytes += object->table.retained_bytes();
   }
   std::sort(out.sites.begin(), out.sites.end(),
             [](const SiteStatus& a, const SiteStatus& b) { return a.address < b.address; });
   out.bytes_per_site = bytes_per_site();
-  out.retained_bytes = table.retained_bytes();
   out.writer = x86::poker_kind_name(impl_->writer);
-  if (impl_->poker != nullptr) {
-    out.text_begin = impl_->poker->begin();
-    out.text_end = impl_->poker->end();
+  if (!impl_->objects.empty() && impl_->objects.front()->poker != nullptr) {
+    out.text_begin = impl_->objects.front()->poker->begin();
+    out.text_end = impl_->objects.front()->poker->end();
   }
   out.sync_core = x86::sync_core_method() == x86::SyncCoreMethod::kSerialize ? "serialize" : "iret";
   out.ipi_signal = sync::ipi_signal();
@@ -78,38 +82,44 @@ EngineStatus Engine::status() const {
 }
 
 Result<std::string> Engine::current_variant(std::string_view group) const {
+  // As status(): group_variant is the switch's to write, and the catalog grows when a module loads.
+  const base::MutexLock no_switch(impl_->switch_mutex);
   Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
   if (!g.ok()) return g.error();
-  // As status(): group_variant is the switch's to write.
-  const base::MutexLock no_switch(impl_->switch_mutex);
   return std::string(impl_->catalog.variant_name(g.value(), impl_->group_variant[g.value()]));
 }
 
 Status Engine::verify_sites() const {
   // As verify_group(): a switch in progress holds half-written sites that are not foreign writes.
   const base::MutexLock no_switch(impl_->switch_mutex);
-  for (const engine::SiteEntry& entry : impl_->table.entries()) {
-    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(impl_->catalog, impl_->table, entry));
+  for (const auto& object : impl_->objects) {
+    for (const engine::SiteEntry& entry : object->table.entries()) {
+      REPATCH_RETURN_IF_ERROR(
+          engine::check_site_holds_current(object->catalog, object->table, entry));
+    }
   }
   return {};
 }
 
 Status Engine::verify_group(std::string_view group) const {
-  const Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
-  if (!g.ok()) return g.error();
   // The switch mutex orders this scan after the last switch's writes and its table update.
   const base::MutexLock no_switch(impl_->switch_mutex);
+  const Result<engine::GroupIndex> g = impl_->catalog.find_group(group);
+  if (!g.ok()) return g.error();
   const engine::VariantIndex current = impl_->group_variant[g.value()];
   const std::string current_name(impl_->catalog.variant_name(g.value(), current));
-  for (const engine::SiteEntry& entry : impl_->table.group_sites(g.value())) {
-    if (entry.variant() != current) {
-      return Error(ErrorCode::kForeignWrite,
-                   engine::describe_site(impl_->catalog, impl_->table, entry) + " of group '" +
-                       std::string(group) + "' is recorded in variant '" +
-                       std::string(impl_->catalog.variant_name(g.value(), entry.variant())) +
-                       "', not the group's variant '" + current_name + "'");
+  for (const auto& object : impl_->objects) {
+    for (const engine::SiteEntry& entry : object->table.group_sites(g.value())) {
+      if (entry.variant() != current) {
+        return Error(ErrorCode::kForeignWrite,
+                     engine::describe_site(object->catalog, object->table, entry) + " of group '" +
+                         std::string(group) + "' is recorded in variant '" +
+                         std::string(impl_->catalog.variant_name(g.value(), entry.variant())) +
+                         "', not the group's variant '" + current_name + "'");
+      }
+      REPATCH_RETURN_IF_ERROR(
+          engine::check_site_holds_current(object->catalog, object->table, entry));
     }
-    REPATCH_RETURN_IF_ERROR(engine::check_site_holds_current(impl_->catalog, impl_->table, entry));
   }
   return {};
 }

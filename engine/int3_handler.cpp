@@ -16,6 +16,7 @@
 #include "base/return_if_error.h"
 #include "base/signal_name.h"
 #include "base/test_hooks.h"
+#include "engine/object_list.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
 #include "sync/vcpu.h"
@@ -23,7 +24,6 @@
 namespace repatch::engine {
 namespace {
 
-std::atomic<const SiteTable*> g_table{nullptr};
 // Written once in normal context before the handler is installed; the handler only reads it.
 struct sigaction g_previous {};
 
@@ -114,13 +114,11 @@ void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
   const base::SignalHandlerScope in_handler;
   const int saved_errno = errno;
   auto* context = static_cast<ucontext_t*>(ucontext);
-  const SiteTable* table = g_table.load(std::memory_order_acquire);
   // An int3 reports SI_KERNEL with RIP just past the int3 byte; raise() and debuggers' single
   // steps report other codes.
-  if (table != nullptr && info != nullptr && info->si_code == SI_KERNEL) {
+  if (info != nullptr && info->si_code == SI_KERNEL) {
     const auto site = static_cast<std::uintptr_t>(context->uc_mcontext.gregs[REG_RIP]) - 1;
-    const SiteEntry* entry = table->find(site);
-    if (entry != nullptr && table->address(*entry) == site) {
+    if (is_site_start(site)) {
       const Verdict verdict = handle_site_trap(site);
       if (verdict != Verdict::kNotOurs) {
         // Back to the first byte: the whole instruction there runs, never its tail alone (H2).
@@ -138,11 +136,10 @@ void on_sigtrap(int sig, siginfo_t* info, void* ucontext) {
 
 }  // namespace
 
-Status install_int3_handler(const SiteTable& table) {
+Status install_int3_handler() {
   base::assert_normal_context();
   static std::mutex once;
   std::lock_guard<std::mutex> lock(once);
-  g_table.store(&table, std::memory_order_release);
   static bool installed = false;
   if (installed) {
     // Whoever replaced the handler since gets the fences' traps, which it cannot finish: a thread

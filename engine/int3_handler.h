@@ -15,16 +15,15 @@
 #ifndef REPATCH_ENGINE_INT3_HANDLER_H_
 #define REPATCH_ENGINE_INT3_HANDLER_H_
 
-#include "engine/site_table.h"
 #include "repatch/error.h"
 
 namespace repatch::engine {
 
 /// Installs the handler once, remembering the previous disposition; later calls check that
-/// SIGTRAP still runs it. Normal context. `table` must outlive the process's use of the handler
-/// (the engine's table lives for ever). Fails with kSystem when sigaction refuses, kState when
+/// SIGTRAP still runs it. Normal context. The handler finds sites in the objects published by
+/// engine/object_list.h. Fails with kSystem when sigaction refuses, kState when
 /// something replaced the handler since it was installed (nothing chains back to it then).
-Status install_int3_handler(const SiteTable& table);
+Status install_int3_handler();
 
 }  // namespace repatch::engine
 

@@ -5,13 +5,6 @@
 
 #include "base/text.h"
 
-extern "C" {
-extern __attribute__((weak, visibility("hidden")))
-const repatch::abi::SiteRecord __start_repatch_sites[];
-extern __attribute__((weak, visibility("hidden")))
-const repatch::abi::SiteRecord __stop_repatch_sites[];
-}
-
 namespace repatch::engine {
 namespace {
 
@@ -38,8 +31,12 @@ const abi::OpDesc* record_op(const abi::SiteRecord& record) {
 }
 
 std::span<const abi::SiteRecord> program_site_records() {
-  const abi::SiteRecord* begin = __start_repatch_sites;
-  const abi::SiteRecord* end = __stop_repatch_sites;
+  return object_site_records(abi::detail::kThisObject);
+}
+
+std::span<const abi::SiteRecord> object_site_records(const abi::ObjectSections& object) {
+  const abi::SiteRecord* begin = object.sites_begin;
+  const abi::SiteRecord* end = object.sites_end;
   if (begin == nullptr || end <= begin) return {};
   return {begin, static_cast<std::size_t>(end - begin)};
 }
@@ -115,10 +112,13 @@ Result<SiteTable> SiteTable::build(std::span<const abi::SiteRecord> records,
 }
 
 std::span<SiteEntry> SiteTable::group_sites(GroupIndex g) {
+  // A group added after this table was built (by a later object) has no site here.
+  if (g >= runs_.size()) return {};
   return {entries_.get() + runs_[g].begin, runs_[g].end - runs_[g].begin};
 }
 
 std::span<const SiteEntry> SiteTable::group_sites(GroupIndex g) const {
+  if (g >= runs_.size()) return {};
   return {entries_.get() + runs_[g].begin, runs_[g].end - runs_[g].begin};
 }
 

@@ -57,7 +57,7 @@ class SiteTable {
 
   std::span<const SiteEntry> entries() const { return {entries_.get(), count_}; }
   std::span<SiteEntry> entries() { return {entries_.get(), count_}; }
-  /// The sites of group `g`, by address.
+  /// The sites of group `g`, by address (none for a group added after the table was built).
   std::span<SiteEntry> group_sites(GroupIndex g);
   std::span<const SiteEntry> group_sites(GroupIndex g) const;
 
@@ -86,6 +86,8 @@ class SiteTable {
 
 /// The site records this program registered through REPATCH_SITE.
 std::span<const abi::SiteRecord> program_site_records();
+/// The site records an object registered (repatch_abi_object_loaded).
+std::span<const abi::SiteRecord> object_site_records(const abi::ObjectSections& object);
 
 /// The address a record's site field points at.
 std::uintptr_t record_site_address(const abi::SiteRecord& record);

@@ -150,9 +150,10 @@ struct Plan {
 };
 
 // Why the sites no longer hold the images planned for them: the first site's own message.
-std::string foreign_write_text(const Engine::Impl& impl, const Plan& plan) {
+std::string foreign_write_text(const Plan& plan) {
   for (const engine::SitePlan& site : plan.sites) {
-    if (Status s = engine::check_site_holds_current(impl.catalog, impl.table, *site.entry);
+    if (Status s =
+            engine::check_site_holds_current(site.object->catalog, site.object->table, *site.entry);
         !s.ok()) {
       return s.error().message();
     }
@@ -163,33 +164,41 @@ std::string foreign_write_text(const Engine::Impl& impl, const Plan& plan) {
 // The image a site switches to: the new variant, padded so that its first byte differs from the
 // one the site holds now (docs/switch-protocol.md, "the first byte must change"). Images come from
 // the engine's cache (engine/image_cache.h).
-Result<engine::SitePlan> plan_site(Engine::Impl& impl, engine::SiteEntry& entry,
-                                   engine::VariantIndex to) REPATCH_REQUIRES(impl.switch_mutex) {
-  const engine::Catalog& catalog = impl.catalog;
-  const std::uintptr_t address = impl.table.address(entry);
+// `object` is the site's object; its view of the catalog, table and images are under the mutex.
+Result<engine::SitePlan> plan_site(engine::CodeObject& object, engine::SiteEntry& entry,
+                                   engine::VariantIndex to) {
+  const engine::Catalog& catalog = object.catalog;
+  const engine::SiteTable& table = object.table;
+  const std::uintptr_t address = table.address(entry);
   // An unpatched site's image (kIndirect) is not cached: it is needed once, at its first switch.
   Result<x86::Image> from =
       entry.variant() == engine::kIndirect
-          ? engine::site_image(catalog, impl.table, entry, entry.variant(), entry.alt_pad())
-          : impl.images.image(catalog, impl.table, entry, entry.variant(), entry.alt_pad());
+          ? engine::site_image(catalog, table, entry, entry.variant(), entry.alt_pad())
+          : object.images.image(catalog, table, entry, entry.variant(), entry.alt_pad());
   if (!from.ok()) return from.error();
   // Compare-before-write (DESIGN): the site must hold its current image. The message is built by
   // check_site_holds_current only when it does not.
   if (std::memcmp(reinterpret_cast<const void*>(address),  // NOLINT(performance-no-int-to-ptr)
                   from.value().bytes.data(), from.value().length) != 0) {
-    return engine::check_site_holds_current(catalog, impl.table, entry).error();
+    return engine::check_site_holds_current(catalog, table, entry).error();
   }
   for (const bool alt : {!entry.alt_pad(), entry.alt_pad()}) {
-    Result<x86::Image> image = impl.images.image(catalog, impl.table, entry, to, alt);
+    Result<x86::Image> image = object.images.image(catalog, table, entry, to, alt);
     if (!image.ok()) return image.error();
     if (image.value().bytes[0] == from.value().bytes[0]) continue;
     return engine::SitePlan{
-        address, &entry, from.value(), image.value(),
+        address,
+        &entry,
+        &object,
+        object.poker.get(),
+        object.poker->alias_delta(),
+        from.value(),
+        image.value(),
         static_cast<std::uint8_t>(to | (alt ? engine::SiteEntry::kAltPadBit : 0))};
   }
   const engine::GroupIndex g = catalog.op(entry.op).group;
   return Error(ErrorCode::kBadImage,
-               engine::describe_site(catalog, impl.table, entry) + " cannot switch live from '" +
+               engine::describe_site(catalog, table, entry) + " cannot switch live from '" +
                    std::string(catalog.variant_name(g, entry.variant())) + "' to '" +
                    std::string(catalog.variant_name(g, to)) +
                    "': both images start with the same byte and have no padding to vary, so a "
@@ -235,10 +244,12 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
       plan.states.push_back(
           {state, from == engine::kIndirect ? 0 : from, static_cast<int>(plan.target[g])});
     }
-    for (engine::SiteEntry& entry : impl.table.group_sites(g)) {
-      Result<engine::SitePlan> site = plan_site(impl, entry, plan.target[g]);
-      if (!site.ok()) return site.error();
-      plan.sites.push_back(site.value());
+    for (const auto& object : impl.objects) {
+      for (engine::SiteEntry& entry : object->table.group_sites(g)) {
+        Result<engine::SitePlan> site = plan_site(*object, entry, plan.target[g]);
+        if (!site.ok()) return site.error();
+        plan.sites.push_back(site.value());
+      }
     }
   }
   std::sort(
@@ -249,7 +260,7 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
 
 Result<SwitchWriter> choose_writer(const Engine::Impl& impl,
                                    const std::vector<GroupChoice>& choices, const Plan& plan,
-                                   SwitchWriter requested) {
+                                   SwitchWriter requested) REPATCH_REQUIRES(impl.switch_mutex) {
   bool interchangeable = true;
   std::string not_interchangeable;
   for (const GroupChoice& choice : choices) {
@@ -310,12 +321,9 @@ void commit(Engine::Impl& impl, const Plan& plan) REPATCH_REQUIRES(impl.switch_m
   }
   // The op slots follow their group, as after boot (no site of a switched group calls through
   // them any more, so nobody reads the ones that change).
-  for (const engine::CatalogOp& op : impl.catalog.ops()) {
-    const engine::VariantIndex v = plan.target[op.group];
-    if (v == impl.group_variant[op.group]) continue;
-    *op.desc->slot = reinterpret_cast<void*>(op.variants[v]->callable);
-  }
   impl.group_variant = plan.target;
+  for (const auto& object : impl.objects)
+    engine::point_object_slots(*object, impl.group_variant);
   // An attempt's release settled these already; a switch with nothing to write has none.
   for (const engine::TrackedGroup& tracked : plan.tracked) {
     engine::settle_group_phase(tracked.group, tracked.to);
@@ -406,7 +414,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
     outcome.elapsed = Clock::now() - start;
     return outcome;
   }
-  if (impl.poker == nullptr || !impl.poker->can_compare_exchange()) {
+  if (impl.writer != x86::PokerKind::kMemfdAlias) {
     return refuse(Error(ErrorCode::kUnsupported,
                         "live switches need the memfd text writer (its writes are atomic against "
                         "the INT3 and NMI executors); this engine was booted with " +
@@ -414,7 +422,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
   }
   // Boot installed both; these check that the program has not replaced them since (a stop whose
   // IPIs reach another handler would wait out its deadline on every vCPU, and fail).
-  if (Status s = engine::install_int3_handler(impl.table); !s.ok()) return refuse(s.error());
+  if (Status s = engine::install_int3_handler(); !s.ok()) return refuse(s.error());
   if (Status s = sync::check_interrupt_signals(); !s.ok()) return refuse(s.error());
   if (Status s = sync::register_sync_cores(); !s.ok()) return refuse(s.error());
   outcome.sites = plan.sites.size();
@@ -433,8 +441,8 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
         stop ? SwitchWriter::kStopMachine
              : (outcome.writer == SwitchWriter::kStopMachine ? SwitchWriter::kBatch
                                                              : outcome.writer);
-    auto attempt = std::make_unique<engine::Transaction>(
-        plan.sites, plan.tracked, *impl.poker, attempt_writer, plan.states, options.in_op_deadline);
+    auto attempt = std::make_unique<engine::Transaction>(plan.sites, plan.tracked, attempt_writer,
+                                                         plan.states, options.in_op_deadline);
     SwitchAbort reason = SwitchAbort::kNone;
     bool published = true;
     if (stop) {
@@ -447,7 +455,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
         case sync::StopOutcome::kDone:
           if (result.work_result == kReasonForeign) {
             reason = SwitchAbort::kForeignWrite;
-            last_reason = foreign_write_text(impl, plan);
+            last_reason = foreign_write_text(plan);
           } else if (result.work_result != 0) {
             reason = SwitchAbort::kFenceUndone;
             last_reason = result.work_result == kReasonNmiTimeout
@@ -498,7 +506,7 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
       // Checked here, before the fence, as the stop's work checks it; nothing is published.
       published = false;
       reason = SwitchAbort::kForeignWrite;
-      last_reason = foreign_write_text(impl, plan);
+      last_reason = foreign_write_text(plan);
     } else {
       std::chrono::nanoseconds written{0};
       const engine::Direction direction = write_without_stop(*attempt, &written);

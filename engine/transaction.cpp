@@ -17,12 +17,10 @@ std::atomic<std::uint32_t> g_executors_inside{0};
 }  // namespace detail
 
 Transaction::Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked,
-                         x86::TextPoker& poker, SwitchWriter writer,
-                         std::vector<StateChange> states, std::chrono::nanoseconds in_op_deadline)
+                         SwitchWriter writer, std::vector<StateChange> states,
+                         std::chrono::nanoseconds in_op_deadline)
     : sites_(std::move(sites)),
       tracked_(std::move(tracked)),
-      poker_(poker),
-      alias_delta_(poker.alias_delta()),
       writer_(writer),
       states_(std::move(states)),
       in_op_deadline_(in_op_deadline) {
@@ -114,14 +112,14 @@ bool Transaction::wait_until_no_thread_in_op() noexcept {
   }
 }
 
-bool Transaction::swap_byte(std::uintptr_t address, std::uint8_t expected,
+bool Transaction::swap_byte(const SitePlan& site, std::uint8_t expected,
                             std::uint8_t desired) noexcept {
   // The W^X hazard test's naive writer sits behind the poker's virtual call; everything else goes
   // straight through the alias, with no call per site.
   if (test::disabled(test::Handler::kWxAlias)) {
-    return poker_.compare_exchange_byte(address, expected, desired);
+    return site.poker->compare_exchange_byte(site.address, expected, desired);
   }
-  return x86::compare_exchange_code_byte(address + alias_delta_, expected, desired);
+  return x86::compare_exchange_code_byte(site.address + site.alias_delta, expected, desired);
 }
 
 void Transaction::announce() noexcept {
@@ -136,7 +134,7 @@ void Transaction::announce() noexcept {
 void Transaction::fence(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
-    swap_byte(site.address, site.from.bytes[0], x86::kInt3);
+    swap_byte(site, site.from.bytes[0], x86::kInt3);
     if (primary) test::inject(test::Point::kFenceWrite, ++done);
   }
 }
@@ -155,7 +153,7 @@ Direction Transaction::decide(Direction wish) noexcept {
 void Transaction::write_tails(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
-    x86::store_code_bytes(site.address + 1 + alias_delta_, site.to.bytes.data() + 1,
+    x86::store_code_bytes(site.address + 1 + site.alias_delta, site.to.bytes.data() + 1,
                           site.to.length - 1u);
     if (primary) test::inject(test::Point::kTailWrite, ++done);
   }
@@ -164,14 +162,14 @@ void Transaction::write_tails(bool primary) noexcept {
 void Transaction::write_heads(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
-    x86::store_code_bytes(site.address + alias_delta_, site.to.bytes.data(), 1);
+    x86::store_code_bytes(site.address + site.alias_delta, site.to.bytes.data(), 1);
     if (primary) test::inject(test::Point::kHeadWrite, ++done);
   }
 }
 
 void Transaction::unfence() noexcept {
   for (const SitePlan& site : sites_) {
-    swap_byte(site.address, x86::kInt3, site.from.bytes[0]);
+    swap_byte(site, x86::kInt3, site.from.bytes[0]);
   }
 }
 

@@ -34,13 +34,18 @@
 
 namespace repatch::engine {
 
+struct CodeObject;
+
 /// One site's part in a switch.
 struct SitePlan {
   std::uintptr_t address;
   SiteEntry* entry;
-  x86::Image from;          ///< what it holds now
-  x86::Image to;            ///< what it will hold
-  std::uint8_t held_after;  ///< SiteEntry::held once committed
+  const CodeObject* object;   ///< the object the site is in (engine/code_object.h)
+  x86::TextPoker* poker;      ///< the object's writer
+  std::intptr_t alias_delta;  ///< poker->alias_delta(), read once
+  x86::Image from;            ///< what it holds now
+  x86::Image to;              ///< what it will hold
+  std::uint8_t held_after;    ///< SiteEntry::held once committed
 };
 
 enum class Direction : std::uint8_t { kUndecided, kForward, kBackward };
@@ -66,9 +71,8 @@ class Transaction {
   /// `writer`: how the attempt establishes quiescence (kStopMachine, kBatch or kStopless).
   /// `in_op_deadline`: kStopless, how long after the fence executors may wait for threads inside
   /// an op of the groups.
-  Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked, x86::TextPoker& poker,
-              SwitchWriter writer, std::vector<StateChange> states,
-              std::chrono::nanoseconds in_op_deadline);
+  Transaction(std::vector<SitePlan> sites, std::vector<TrackedGroup> tracked, SwitchWriter writer,
+              std::vector<StateChange> states, std::chrono::nanoseconds in_op_deadline);
 
   std::size_t size() const { return sites_.size(); }
   const std::vector<SitePlan>& sites() const { return sites_; }
@@ -137,14 +141,12 @@ class Transaction {
   std::uint64_t nmi_completions() const { return nmi_completions_.load(); }
 
  private:
-  // One byte, compare-and-swap, through the alias.
-  bool swap_byte(std::uintptr_t address, std::uint8_t expected, std::uint8_t desired) noexcept;
+  // One byte, compare-and-swap, through the site's alias.
+  bool swap_byte(const SitePlan& site, std::uint8_t expected, std::uint8_t desired) noexcept;
 
   std::vector<SitePlan> sites_;
   std::vector<TrackedGroup> tracked_;
   std::uint32_t tracked_bits_ = 0;  // bit g for each tracked group g
-  x86::TextPoker& poker_;
-  std::intptr_t alias_delta_;  // code address + this = its writable alias (memfd backend only)
   SwitchWriter writer_;
   std::vector<StateChange> states_;
   std::chrono::nanoseconds in_op_deadline_;

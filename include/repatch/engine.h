@@ -84,13 +84,26 @@ struct SiteStatus {
   std::string symbol;               ///< "function+0xoff", or "" when unknown
 };
 
+/// An object with declarations (repatch/op.h) the engine knows: the program, a shared object
+/// loaded before boot, or one loaded with dlopen() after it (a module).
+struct ModuleStatus {
+  std::string name;        ///< its path, as the dynamic linker knows it; "(the program)" for it
+  std::size_t sites = 0;   ///< its sites in the retained table (0 when refused)
+  std::size_t groups = 0;  ///< groups it declares
+  /// Empty when loaded; else why the engine refused it (its sites then abort when run).
+  std::string refusal;
+  std::uintptr_t text_begin = 0;  ///< the range its writer remapped (memfd writer), else 0
+  std::uintptr_t text_end = 0;
+};
+
 struct EngineStatus {
   std::vector<GroupStatus> groups;
-  std::vector<SiteStatus> sites;   ///< by address
-  std::size_t bytes_per_site = 0;  ///< retained table bytes per site
-  std::size_t retained_bytes = 0;  ///< the whole retained table, per-group overhead included
-  std::string writer;              ///< "memfd" or "procmem"
-  std::uintptr_t text_begin = 0;   ///< the remapped range (memfd writer), else 0
+  std::vector<ModuleStatus> modules;  ///< the program first, then in load order
+  std::vector<SiteStatus> sites;      ///< by address
+  std::size_t bytes_per_site = 0;     ///< retained table bytes per site
+  std::size_t retained_bytes = 0;     ///< the whole retained table, per-group overhead included
+  std::string writer;                 ///< "memfd" or "procmem"
+  std::uintptr_t text_begin = 0;      ///< the remapped range (memfd writer), else 0
   std::uintptr_t text_end = 0;
   std::string sync_core;  ///< "iret" or "serialize"
   int ipi_signal = 0;     ///< the vCPUs' IPI signal (a real-time signal)
@@ -274,6 +287,25 @@ class Engine {
   /// progress. Fails with kUnknownName, or kInvalidArgument for an interchangeable group (its
   /// variants may run side by side, so its state cannot depend on the variant).
   Status set_group_state(std::string_view group, GroupState* state);
+
+  /// Loads the shared object at `path` with dlopen(path, RTLD_NOW | RTLD_LOCAL | `extra_flags`)
+  /// and returns its handle, for dlsym() and, in the end, dlclose(). While it loads, its sites
+  /// are brought into their groups' current variants before any of its code runs, after a
+  /// switch in progress ends. The same happens to an object loaded with a plain dlopen(), which
+  /// cannot report a refusal: the object then stays loaded with every site aborting the process
+  /// when run, and modules() says why. Here a refused object is closed again and the refusal
+  /// returned. Fails with kSystem (dlopen's own message: no such file, a missing symbol), or the
+  /// refusal, naming the object: kUnknownName (an op the running group lacks, a variant the
+  /// running group lacks), kInvalidArgument (the group's variants differ in order, its flags or
+  /// feature differ, a declaration is inconsistent), kForeignWrite (a site does not hold its
+  /// unpatched instruction), kBadImage or kUnrelocatable (a variant cannot fill its sites),
+  /// kBadSiteRecord, or kSystem/kUnsupported (its text writer could not be set up). Normal
+  /// context; waits for a switch in progress.
+  Result<void*> load_module(const std::string& path, int extra_flags = 0);
+
+  /// Every object the engine knows, the program first, then modules in load order, then those it
+  /// refused. Waits for a switch in progress.
+  std::vector<ModuleStatus> modules() const;
 
   /// Retained patch table bytes per site.
   static std::size_t bytes_per_site();

@@ -110,7 +110,74 @@ struct SiteRecord {
 };
 static_assert(sizeof(SiteRecord) == 8);
 
+/// One object's declarations: the bounds of its repatch sections (the executable's, or a shared
+/// object's). Every object that includes this header hands its own to the engine from a
+/// constructor that runs before the object's other constructors (below), and takes them back from
+/// a destructor that runs after its other destructors: the engine finds sites in shared objects
+/// loaded before boot at boot, and in those loaded later with dlopen() as they load.
+struct ObjectSections {
+  std::uint32_t abi_version;  ///< kObjectAbiVersion of the header the object was built with
+  std::uint32_t reserved;
+  const GroupDesc* const* groups_begin;
+  const GroupDesc* const* groups_end;
+  const OpDesc* const* ops_begin;
+  const OpDesc* const* ops_end;
+  const VariantDesc* const* variants_begin;
+  const VariantDesc* const* variants_end;
+  const SiteRecord* sites_begin;
+  const SiteRecord* sites_end;
+};
+inline constexpr std::uint32_t kObjectAbiVersion = 1;
+
 }  // namespace repatch::abi
+
+extern "C" {
+/// Called by each object's constructor with its sections (once per translation unit; the engine
+/// keeps the first call). Before boot it records the object; after boot it brings the object's
+/// sites into their groups' current variants, or refuses the object (Engine::modules() says why)
+/// and leaves its sites unusable: each runs a stub that names the object and aborts.
+void repatch_abi_object_loaded(const repatch::abi::ObjectSections* object);
+/// Called by each object's destructor: takes its sites out of the engine, waiting for a switch in
+/// progress. Once it returns, no switch writes into the object and no #BP lookup reads its table.
+void repatch_abi_object_unloading(const repatch::abi::ObjectSections* object);
+
+// The linker defines __start_/__stop_ symbols for every section whose name is a C identifier,
+// one pair per object (hidden). Weak: an object without some section still links (null then).
+#define REPATCH_DETAIL_SECTION_BOUNDS(kind, type)                                         \
+  extern __attribute__((weak, visibility("hidden"))) type const __start_repatch_##kind[]; \
+  extern __attribute__((weak, visibility("hidden"))) type const __stop_repatch_##kind[];
+REPATCH_DETAIL_SECTION_BOUNDS(groups, const repatch::abi::GroupDesc*)
+REPATCH_DETAIL_SECTION_BOUNDS(ops, const repatch::abi::OpDesc*)
+REPATCH_DETAIL_SECTION_BOUNDS(variants, const repatch::abi::VariantDesc*)
+REPATCH_DETAIL_SECTION_BOUNDS(sites, repatch::abi::SiteRecord)
+#undef REPATCH_DETAIL_SECTION_BOUNDS
+}
+
+namespace repatch::abi::detail {
+/// This object's sections: one copy per object (an inline variable, hidden, so that every
+/// translation unit of the object shares it and no other object's replaces it).
+__attribute__((visibility("hidden"))) inline constexpr ObjectSections kThisObject = {
+    kObjectAbiVersion,        0,
+    __start_repatch_groups,   __stop_repatch_groups,
+    __start_repatch_ops,      __stop_repatch_ops,
+    __start_repatch_variants, __stop_repatch_variants,
+    __start_repatch_sites,    __stop_repatch_sites};
+}  // namespace repatch::abi::detail
+
+// Every translation unit that includes this header registers its object: the engine cannot tell
+// which of them hold sites, and a site it does not know would run its default variant for ever.
+// Priority 101, the first user priority: the sites are patched before the object's own
+// constructors run (they may run sites), and taken out after its destructors.
+// NOLINTBEGIN(misc-definitions-in-headers,cert-dcl59-cpp,google-build-namespaces)
+namespace {
+[[gnu::constructor(101), gnu::used]] void repatch_detail_register_this_object() {
+  repatch_abi_object_loaded(&::repatch::abi::detail::kThisObject);
+}
+[[gnu::destructor(101), gnu::used]] void repatch_detail_unregister_this_object() {
+  repatch_abi_object_unloading(&::repatch::abi::detail::kThisObject);
+}
+}  // namespace
+// NOLINTEND(misc-definitions-in-headers,cert-dcl59-cpp,google-build-namespaces)
 
 // ---- implementation details of the macros ----------------------------------------------------
 // The assembly below is laid out one directive per line on purpose.
@@ -124,8 +191,11 @@ static_assert(sizeof(SiteRecord) == 8);
 
 // Registers a descriptor by placing a pointer to it in section `repatch_<kind>`; the engine walks
 // the section between the linker-made __start_/__stop_ symbols.
-#define REPATCH_DETAIL_REGISTER(kind, type, ident)                                      \
-  extern "C" REPATCH_DETAIL_USED __attribute__((section("repatch_" #kind), aligned(8))) \
+// Hidden, like every symbol the macros define: each object (the program, each shared object) has
+// its own copy, which another object's must never interpose.
+#define REPATCH_DETAIL_REGISTER(kind, type, ident)                                        \
+  extern "C" REPATCH_DETAIL_USED REPATCH_DETAIL_HIDDEN                                    \
+  __attribute__((section("repatch_" #kind), aligned(8)))                                 \
   const ::repatch::abi::type* const repatch_##kind##_ptr_##ident = &ident
 
 // ---- groups ----------------------------------------------------------------------------------
@@ -207,7 +277,8 @@ static_assert(sizeof(SiteRecord) == 8);
   extern "C" const std::uint8_t repatch_fragment_##op##__##variant[];                        \
   extern "C" const std::uint8_t repatch_fragment_end_##op##__##variant[];                    \
   extern "C" void repatch_callable_##op##__##variant();                                      \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {         \
+  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::VariantDesc                          \
+      repatch_variant_##op##__##variant = {                                                  \
       &repatch_op_##op,                                                                      \
       #variant,                                                                              \
       ::repatch::abi::VariantKind::kInline,                                                  \
@@ -226,7 +297,8 @@ static_assert(sizeof(SiteRecord) == 8);
       ".hidden repatch_callable_" #op "__" #variant "\n"                                     \
       ".set repatch_callable_" #op "__" #variant ", " #target "\n");                         \
   extern "C" void repatch_callable_##op##__##variant();                                      \
-  extern "C" const ::repatch::abi::VariantDesc repatch_variant_##op##__##variant = {         \
+  extern "C" REPATCH_DETAIL_HIDDEN const ::repatch::abi::VariantDesc                          \
+      repatch_variant_##op##__##variant = {                                                  \
       &repatch_op_##op, #variant, ::repatch::abi::VariantKind::kCall, nullptr, nullptr,      \
       &target};                                                                              \
   REPATCH_DETAIL_REGISTER(variants, VariantDesc, repatch_variant_##op##__##variant)
