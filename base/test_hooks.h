@@ -49,8 +49,9 @@ constexpr bool disabled(Handler) noexcept {
 }
 #endif
 
-/// Points in a switch at which a test may act. The primary calls the hook with the point and the
-/// number of sites it has written in the current step so far.
+/// Points at which a test may act. In a switch, the primary calls the hook with the point and the
+/// number of sites it has written in the current step so far; at the guest's points the second
+/// argument says what the point's comment says.
 enum class Point : std::uint8_t {
   kStopped,     ///< every vCPU parked (stop-machine) or writing begins (batch); nothing written yet
   kFenceWrite,  ///< after each INT3 written by the primary
@@ -58,9 +59,14 @@ enum class Point : std::uint8_t {
   kTailWrite,   ///< after the tail of each site
   kHeadWrite,   ///< after each first byte
   kWritten,     ///< every site holds its new image, vCPUs not yet released
+  /// The guest's TLB (guest/tlb_cpu.cpp): a thread posting a flush request is midway through
+  /// merging its range into the target's mailbox, before it takes its ticket; the argument is the
+  /// target vCPU. Called by the posting thread, in normal context.
+  kTlbRangeMerge,
 };
 
-/// Runs on the primary, inside the stop: must be async-signal-safe and must not allocate.
+/// Runs on the primary (inside the stop) or, at the guest's points, on the thread the point names:
+/// must be async-signal-safe and must not allocate.
 using InjectionHook = void (*)(Point point, std::uint32_t sites_done, void* arg) noexcept;
 
 #ifdef REPATCH_TEST_HOOKS

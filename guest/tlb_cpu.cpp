@@ -3,6 +3,8 @@
 #include <atomic>
 #include <limits>
 
+#include "base/test_hooks.h"
+
 namespace repatch::tlb {
 namespace {
 
@@ -173,6 +175,7 @@ std::uint64_t post_flush(sync::VcpuId target, std::uint64_t first, std::uint64_t
   Cpu& c = cpu(target);
   const std::uint64_t end = count_pages > kNoPage - first ? kNoPage : first + count_pages;
   lower_to(c.range_lo, first);
+  test::inject(test::Point::kTlbRangeMerge, target);
   raise_to(c.range_hi, end, std::memory_order_relaxed);
   // seq_cst: the range merge above and the page-table update before it are published to the owner
   // that reads this ticket (serve_requests, acquire or stronger); and it orders the ticket before
