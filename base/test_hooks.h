@@ -53,8 +53,9 @@ constexpr bool disabled(Handler) noexcept {
 }
 #endif
 
-/// Points in a switch at which a test may act. The primary calls the hook with the point and the
-/// number of sites it has written in the current step so far.
+/// Points at which a test may act. In a switch, the primary calls the hook with the point and the
+/// number of sites it has written in the current step so far; at the guest's points the second
+/// argument says what the point's comment says.
 enum class Point : std::uint8_t {
   kStopped,     ///< every vCPU parked (stop-machine) or writing begins (batch); nothing written yet
   kFenceWrite,  ///< after each INT3 written by the primary
@@ -63,10 +64,15 @@ enum class Point : std::uint8_t {
   kHeadWrite,   ///< after each first byte
   kWritten,     ///< every site holds its new image, vCPUs not yet released
   kObjectLookup,  ///< any thread, inside an object lookup's RCU read-side section (sites_done: 0)
+  /// The guest's TLB (guest/tlb_cpu.cpp): a thread posting a flush request is midway through
+  /// merging its range into the target's mailbox, before it takes its ticket; the argument is the
+  /// target vCPU. Called by the posting thread, in normal context.
+  kTlbRangeMerge,
 };
 
-/// Runs on the primary, inside the stop (kObjectLookup: on the thread looking up, maybe in a
-/// signal handler): must be async-signal-safe and must not allocate.
+/// Runs on the primary (inside the stop) or, at kObjectLookup and the guest's points, on the
+/// thread the point names (kObjectLookup: any thread looking up, maybe in a signal handler): must
+/// be async-signal-safe and must not allocate.
 using InjectionHook = void (*)(Point point, std::uint32_t sites_done, void* arg) noexcept;
 
 #ifdef REPATCH_TEST_HOOKS

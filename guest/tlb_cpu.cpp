@@ -1,12 +1,40 @@
 #include "guest/tlb_cpu.h"
 
+#include <algorithm>
 #include <atomic>
 #include <limits>
+
+#include "base/test_hooks.h"
 
 namespace repatch::tlb {
 namespace {
 
 inline constexpr std::uint64_t kNoPage = std::numeric_limits<std::uint64_t>::max();
+
+// A mailbox's pending range [lo, hi) is one word, lo in the low half and hi in the high half, so
+// that a sender merges its range into it, and the owner takes all of it, in one atomic step each.
+//
+// It was two words, range_lo lowered and then range_hi raised, and a serve could run between a
+// sender's two merges: vCPU X posts page 3 (ticket t1, pending); vCPU Y, shooting down page 144,
+// finds range_lo already at 3 and leaves it, and is interrupted (an NMI, a preemption by the
+// hypervisor, the host's scheduler) before it raises range_hi; the target serves t1, taking
+// range_lo = 3 and range_hi = 4 and flushing page 3 alone; Y raises range_hi to 145 and takes
+// ticket t2; the target's next serve finds range_lo empty and range_hi 145, flushes nothing, and
+// marks t2 served; Y's shootdown returns, page 144's flushed generation moves past what the
+// target's TLB still holds, and its next translation of page 144 is stale (the report of the
+// one-hour soak, docs/stress.md, has this form). Whole words cannot be split that way.
+inline constexpr std::uint64_t kRangeLimit = 0xffff'ffffu;  // the largest value of a half
+inline constexpr std::uint64_t kNoRange = kRangeLimit;      // lo = kRangeLimit, hi = 0: empty
+
+constexpr std::uint64_t range_word(std::uint64_t lo, std::uint64_t hi) {
+  return (hi << 32) | lo;
+}
+constexpr std::uint64_t range_lo(std::uint64_t word) {
+  return word & kRangeLimit;
+}
+constexpr std::uint64_t range_hi(std::uint64_t word) {
+  return word >> 32;
+}
 
 struct Entry {
   std::atomic<std::uint64_t> page{kNoPage};
@@ -23,8 +51,7 @@ struct alignas(64) Cpu {
   // Sender side, on its own line: shooters write it while the owner translates.
   alignas(64) std::atomic<std::uint64_t> requested{0};
   std::atomic<std::uint64_t> served{0};
-  std::atomic<std::uint64_t> range_lo{kNoPage};
-  std::atomic<std::uint64_t> range_hi{0};
+  std::atomic<std::uint64_t> pending{kNoRange};  // range_word(lo, hi)
   std::atomic<std::uint8_t> mark{kNoMark};
   // Statistics.
   alignas(64) std::atomic<std::uint64_t> hits{0};
@@ -63,10 +90,24 @@ void announce_flush(Cpu& c) {
   compiler_order();
 }
 
-void lower_to(std::atomic<std::uint64_t>& value, std::uint64_t bound) {
-  std::uint64_t old = value.load(std::memory_order_relaxed);
-  // Relaxed: the seq_cst ticket increment that follows publishes the merge (post_flush).
-  while (old > bound && !value.compare_exchange_weak(old, bound, std::memory_order_relaxed)) {
+// Merges [first, end) into `target`'s pending range. A range that does not fit the halves becomes
+// [0, kRangeLimit): wider than a TLB, so the owner flushes everything, which covers it.
+void merge_range(Cpu& c, sync::VcpuId target, std::uint64_t first, std::uint64_t end) {
+  const bool fits = end <= kRangeLimit;
+  const std::uint64_t lo = fits ? first : 0;
+  const std::uint64_t hi = fits ? end : kRangeLimit;
+  std::uint64_t old = c.pending.load(std::memory_order_relaxed);
+  for (;;) {
+    test::inject(test::Point::kTlbRangeMerge, target);
+    const std::uint64_t merged =
+        range_word(std::min(range_lo(old), lo), std::max(range_hi(old), hi));
+    // Release, and a write even when the range is already covered: a serve that takes the range
+    // before this sender's ticket exists flushes for it too, so it must see the page-table update
+    // made before (its refill reads the new entry).
+    if (c.pending.compare_exchange_weak(old, merged, std::memory_order_release,
+                                        std::memory_order_relaxed)) {
+      return;
+    }
   }
 }
 
@@ -172,8 +213,7 @@ void flush_all_remote(sync::VcpuId target) {
 std::uint64_t post_flush(sync::VcpuId target, std::uint64_t first, std::uint64_t count_pages) {
   Cpu& c = cpu(target);
   const std::uint64_t end = count_pages > kNoPage - first ? kNoPage : first + count_pages;
-  lower_to(c.range_lo, first);
-  raise_to(c.range_hi, end, std::memory_order_relaxed);
+  merge_range(c, target, first, end);
   // seq_cst: the range merge above and the page-table update before it are published to the owner
   // that reads this ticket (serve_requests, acquire or stronger); and it orders the ticket before
   // the sender's later seq_cst load of the target's `preempted` flag (the paravirt shootdown).
@@ -193,9 +233,11 @@ bool serve_requests(sync::VcpuId self) {
   const bool nested = c.serving.fetch_add(1, std::memory_order_relaxed) != 0;
   compiler_order();
   // Every range posted with a ticket up to `wanted` was merged before that ticket was taken, so it
-  // is in the pair read after `wanted`; later merges stay for the next serve.
-  const std::uint64_t lo = c.range_lo.exchange(kNoPage, std::memory_order_acq_rel);
-  const std::uint64_t hi = c.range_hi.exchange(0, std::memory_order_acq_rel);
+  // is in the word taken after `wanted`; a range merged later is taken whole (flushed early) or
+  // left whole for the next serve, never split between the two.
+  const std::uint64_t taken = c.pending.exchange(kNoRange, std::memory_order_acq_rel);
+  const std::uint64_t lo = range_lo(taken);
+  const std::uint64_t hi = range_hi(taken);
   if (nested) {
     // This handler interrupted a serve that has taken ranges it may not have flushed yet; the
     // served count below would vouch for them, so flush everything.
@@ -269,8 +311,7 @@ void tlbs_reset() {
     c.serving.store(0, r);
     c.requested.store(0, r);
     c.served.store(0, r);
-    c.range_lo.store(kNoPage, r);
-    c.range_hi.store(0, r);
+    c.pending.store(kNoRange, r);
     c.mark.store(kNoMark, r);
     for (auto* counter : {&c.hits, &c.misses, &c.stale_reads, &c.full_flushes, &c.remote_flushes,
                           &c.requests_served, &c.resume_flushes}) {

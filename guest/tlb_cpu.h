@@ -11,8 +11,9 @@
 //             one instruction): a vCPU parked or interrupted halfway through a lookup never
 //             returns a translation that a flush in between removed.
 //   mailbox   shootdown requests: `requested` (a ticket counter bumped by senders), `served` (the
-//             newest ticket the owner has honoured) and the union of the pending ranges. The owner
-//             serves it at its checkpoints, in its NMI hook and on resume.
+//             newest ticket the owner has honoured) and the smallest range covering the pending
+//             ones, in one word that a sender merges into and the owner takes in one step each.
+//             The owner serves it at its checkpoints, in its NMI hook and on resume.
 //   mark      flush-on-resume: set by the paravirt shootdown instead of waiting for a preempted
 //             target; consumed by the paravirt on-resume hook or by the drain (H10).
 //

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/test_hooks.h"
 #include "guest/hypervisor.h"
 #include "guest/tlb_group_state.h"
 #include "repatch/engine.h"
@@ -136,6 +137,65 @@ TEST(Tlb, LocalFlushAndRemapOnTheCallerAlone) {
   const Translation t = translate(5);
   EXPECT_EQ(t.frame, 55u);
   EXPECT_FALSE(t.stale);
+  EXPECT_EQ(total_stale_reads(), 0u);
+}
+
+// Holds the thread posting a flush request to `target` midway through merging its range into the
+// target's mailbox (test::Point::kTlbRangeMerge), once, until released.
+struct HoldMidMerge {
+  explicit HoldMidMerge(sync::VcpuId id) : target(id) {}
+  static void at(test::Point point, std::uint32_t vcpu, void* arg) noexcept {
+    auto* hold = static_cast<HoldMidMerge*>(arg);
+    if (point != test::Point::kTlbRangeMerge || vcpu != hold->target) return;
+    if (!hold->armed.exchange(false)) return;
+    hold->holding.store(true);
+    while (!hold->released.load())
+      std::this_thread::yield();
+  }
+  const sync::VcpuId target;
+  std::atomic<bool> armed{true};
+  std::atomic<bool> holding{false};
+  std::atomic<bool> released{false};
+};
+
+TEST(Tlb, RequestMergedWhileTheTargetServesIsHonoured) {
+  // The target serves its mailbox while a shooter is midway through merging a request into it,
+  // with an earlier request pending: the serve must not take part of the later range and leave the
+  // rest to a serve that then vouches for the later ticket without flushing it. The later page is
+  // above the earlier one, so its merge leaves the low end as it is (the case that lost it).
+  ASSERT_NE(setup("native"), nullptr);
+  std::unique_ptr<sync::Vcpu> self = sync::Vcpu::enter().value();
+  attach();
+  const sync::VcpuId me = self->id();
+  constexpr std::uint64_t kEarlier = 3;
+  constexpr std::uint64_t kLater = 9;          // another TLB entry than kEarlier's
+  EXPECT_EQ(translate(kLater).frame, kLater);  // cached at generation 0
+  post_flush(me, kEarlier, 1);                 // posted, its NMI not taken yet
+  HoldMidMerge hold(me);
+  test::set_injection(&HoldMidMerge::at, &hold);
+  CpuMask target;
+  target.set(me);
+  std::atomic<bool> returned{false};
+  std::thread shooter([&] {
+    std::unique_ptr<sync::Vcpu> shooter_self = sync::Vcpu::enter().value();
+    attach();
+    remap(kLater, 99, target);
+    returned.store(true);
+  });
+  ASSERT_TRUE(eventually([&] { return hold.holding.load(); }));
+  checkpoint();  // serves the earlier request, mid-merge of the later one
+  hold.released.store(true);
+  // The shooter takes its ticket and waits for it: serve it (here or in the NMI handler).
+  EXPECT_TRUE(eventually([&] {
+    checkpoint();
+    return returned.load();
+  }));
+  shooter.join();
+  test::set_injection(nullptr, nullptr);
+  const Translation t = translate(kLater);
+  EXPECT_FALSE(t.stale) << "the shootdown of page " << kLater
+                        << " returned with this vCPU still caching generation " << t.generation;
+  EXPECT_EQ(t.frame, 99u);
   EXPECT_EQ(total_stale_reads(), 0u);
 }
 
