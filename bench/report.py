@@ -22,7 +22,7 @@ import sys
 from collections import defaultdict
 
 PROGRAMS = ("adaptive_phases", "site_cost", "stop_blackout", "switch_blackout", "lock_throughput",
-            "shootdown_latency", "trigger_reaction")
+            "shootdown_latency", "trigger_reaction", "module_cost")
 
 
 def markers(block):
@@ -303,6 +303,48 @@ def shootdown_latency(data):
     return text, errors
 
 
+def module_cost(data):
+    rows, errors = iterations(data)
+    cells = defaultdict(list)
+    for b in rows:
+        name = b["run_name"].split("/")[0]
+        _, args = parse_name(b["run_name"])
+        cells[(name,) + tuple(sorted(args.items()))].append(b)
+
+    def med(name, counter, **args):
+        v = cells.get((name,) + tuple(sorted(args.items())))
+        return percentile([b[counter] for b in v], 0.5) if v else None
+
+    # Google Benchmark writes an inverted rate in seconds.
+    def ns(obj, variant):
+        v = med("BM_Site", "ns_per_op", object=obj, variant=variant)
+        return None if v is None else v * 1e9
+
+    sites = [[variant, fmt(ns(0, v)), fmt(ns(1, v)), ratio(ns(1, v), ns(0, v))]
+             for v, variant in ((0, "inline"), (1, "call"))]
+    load10 = med("BM_Load", "load_p50_us", sites=10)
+    load1000 = med("BM_Load", "load_p50_us", sites=1000)
+    per_site = None if load10 is None or load1000 is None else (load1000 - load10) / 990
+    loads = [[n, fmt(med("BM_Load", "load_p50_us", sites=n)),
+              fmt(med("BM_Load", "load_p99_us", sites=n))] for n in (10, 1000)]
+    switches = [[m, fmt(med("BM_Switch", "sites", modules=m)),
+                 fmt(med("BM_Switch", "switch_p50_us", modules=m)),
+                 fmt(med("BM_Switch", "switch_p99_us", modules=m)),
+                 fmt(med("BM_Switch", "blackout_p50_us", modules=m)),
+                 fmt(med("BM_Switch", "blackout_p99_us", modules=m))] for m in (0, 10)]
+    text = ("### Sites in shared objects (module_cost)\n\n"
+            "One op at a site, ns (median over repetitions); baseline: the program's own site.\n\n"
+            + table(["variant", "program ns", "module ns", "module / program"], sites)
+            + "\n\nEngine::load_module() of a module, µs (p50 and p99 of 200 loads); the patching "
+            f"cost per site is the difference over 990 sites: {fmt(per_site)} µs.\n\n"
+            + table(["sites", "load p50 µs", "load p99 µs"], loads)
+            + "\n\nA stopless switch of the op's group, no vCPU running, with no module or ten "
+            "modules of 100 sites loaded: call to commit and the writing (blackout), µs.\n\n"
+            + table(["modules", "sites", "switch p50", "switch p99", "blackout p50",
+                     "blackout p99"], switches))
+    return text, errors
+
+
 def trigger_reaction(data):
     rows, errors = iterations(data)
     out = []
@@ -576,6 +618,10 @@ def main():
                 plots[program].append(plot_lock_throughput(args.results, cells))
         elif program == "shootdown_latency":
             text, errs = shootdown_latency(data)
+            sections[program] = text
+            errors += errs
+        elif program == "module_cost":
+            text, errs = module_cost(data)
             sections[program] = text
             errors += errs
         elif program == "trigger_reaction":
