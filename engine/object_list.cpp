@@ -71,8 +71,4 @@ std::uint64_t freed_object_reads() noexcept {
   return g_freed_object_reads.load(std::memory_order_relaxed);
 }
 
-void prepare_thread_for_lookups() noexcept {
-  urcu_bp_register_thread();
-}
-
 }  // namespace repatch::engine

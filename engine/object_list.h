@@ -3,8 +3,9 @@
 // The list changes when an object with sites loads or unloads after boot; the #BP handler reads it
 // on any thread, vCPU or not, inside a signal handler. Readers use liburcu's bulletproof flavour
 // (urcu-bp), which needs no registration from the program: a thread's first read-side section
-// registers it (liburcu blocks every signal and maps its reader record itself, without malloc).
-// Threads that open an in-op mark are registered then, in normal context. Writers publish a new
+// registers it, even inside a signal handler (liburcu blocks every signal while it maps its reader
+// record with mmap, never malloc, under a mutex that is only ever held with signals blocked, so no
+// thread it interrupted can hold it). Writers publish a new
 // list and wait for a grace period before the old list, and any object left out of it, may be
 // freed: a lookup never reads a freed entry.
 #ifndef REPATCH_ENGINE_OBJECT_LIST_H_
@@ -30,10 +31,6 @@ void publish_objects(const std::vector<const CodeObject*>& objects);
 /// How many lookups found an object that had been destroyed (read through a list whose grace
 /// period was skipped): 0 unless something is wrong. For the tests.
 std::uint64_t freed_object_reads() noexcept;
-
-/// Registers the calling thread as an RCU reader ahead of its first lookup, so that the lookup in a
-/// signal handler finds it registered. Normal context; cheap after the first call.
-void prepare_thread_for_lookups() noexcept;
 
 }  // namespace repatch::engine
 
