@@ -81,8 +81,13 @@ void print_text(const EngineStatus& s) {
   std::printf("\nsync_core: %s\n", s.sync_core.c_str());
   std::printf("signals: IPI %s, NMI %s, #BP %s\n", text::signal_name(s.ipi_signal).c_str(),
               text::signal_name(s.nmi_signal).c_str(), text::signal_name(SIGTRAP).c_str());
-  std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n\n",
+  std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n",
               s.bytes_per_site, s.retained_bytes, s.sites.size());
+  for (const ModuleStatus& m : s.modules) {
+    std::printf("object: %s, %zu sites, %zu groups of its own%s%s\n", m.name.c_str(), m.sites,
+                m.groups, m.refusal.empty() ? "" : "; refused: ", m.refusal.c_str());
+  }
+  std::printf("\n");
   std::printf("%-16s %-11s %-22s %4s %6s  %s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES",
               "NOTES");
   for (const GroupStatus& g : s.groups) {
@@ -118,6 +123,18 @@ void print_json(const EngineStatus& s) {
   j.key("nmi_signal").value(static_cast<std::uint64_t>(s.nmi_signal));
   j.key("bytes_per_site").value(static_cast<std::uint64_t>(s.bytes_per_site));
   j.key("retained_bytes").value(static_cast<std::uint64_t>(s.retained_bytes));
+  j.key("modules").begin_array();
+  for (const ModuleStatus& m : s.modules) {
+    j.begin_object();
+    j.key("name").value(m.name);
+    j.key("sites").value(static_cast<std::uint64_t>(m.sites));
+    j.key("groups").value(static_cast<std::uint64_t>(m.groups));
+    j.key("refusal").value(m.refusal);
+    j.key("text_begin").value(text::hex(m.text_begin));
+    j.key("text_end").value(text::hex(m.text_end));
+    j.end_object();
+  }
+  j.end_array();
   j.key("groups").begin_array();
   for (const GroupStatus& g : s.groups) {
     j.begin_object();
