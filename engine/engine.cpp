@@ -30,12 +30,12 @@ EngineStatus Engine::status() const {
   // The switch mutex: a switch on another thread writes group_variant, the table's held bytes and
   // the sites' code; this reads all three, so it waits for the switch to end.
   const base::MutexLock no_switch(impl_->switch_mutex);
-  const engine::Catalog& catalog = impl_->catalog;
-  for (std::size_t g = 0; g < catalog.groups().size(); ++g) {
-    const engine::CatalogGroup& group = catalog.group(static_cast<engine::GroupIndex>(g));
+  for (std::size_t g = 0; g < impl_->catalog.groups().size(); ++g) {
+    const engine::CatalogGroup& group = impl_->catalog.group(static_cast<engine::GroupIndex>(g));
     GroupStatus gs;
     gs.name = group.desc->name;
-    gs.variant = catalog.variant_name(static_cast<engine::GroupIndex>(g), impl_->group_variant[g]);
+    gs.variant =
+        impl_->catalog.variant_name(static_cast<engine::GroupIndex>(g), impl_->group_variant[g]);
     gs.variants.assign(group.desc->variants, group.desc->variants + group.desc->variant_count);
     gs.interchangeable = (group.desc->flags & abi::kGroupInterchangeable) != 0;
     if (group.desc->feature != nullptr) {
@@ -50,7 +50,7 @@ EngineStatus Engine::status() const {
   }
   for (const auto& object : impl_->objects) {
     for (const engine::SiteEntry& entry : object->table.entries()) {
-      const engine::CatalogOp& op = catalog.op(entry.op);
+      const engine::CatalogOp& op = impl_->catalog.op(entry.op);
       const std::uintptr_t address = object->table.address(entry);
       const auto* bytes = reinterpret_cast<const std::uint8_t*>(address);
       SiteStatus ss;
@@ -58,7 +58,7 @@ EngineStatus Engine::status() const {
       ss.op = op.desc->name;
       ss.group = op.desc->group->name;
       ss.length = entry.length;
-      ss.variant = catalog.variant_name(op.group, entry.variant());
+      ss.variant = impl_->catalog.variant_name(op.group, entry.variant());
       ss.bytes.assign(bytes, bytes + entry.length);
       ss.instruction = x86::disassemble(ss.bytes, address);
       ss.instruction += call_target_name(ss.instruction);

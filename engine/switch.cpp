@@ -208,11 +208,10 @@ Result<engine::SitePlan> plan_site(engine::CodeObject& object, engine::SiteEntry
 
 Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& choices)
     REPATCH_REQUIRES(impl.switch_mutex) {
-  const engine::Catalog& catalog = impl.catalog;
   Plan plan;
   plan.target = impl.group_variant;
   Result<std::vector<engine::Choice>> chosen =
-      engine::resolve_choices(catalog, choices, "is named twice in one switch");
+      engine::resolve_choices(impl.catalog, choices, "is named twice in one switch");
   if (!chosen.ok()) return chosen.error();
   std::vector<engine::GroupIndex> switched;
   for (std::size_t i = 0; i < choices.size(); ++i) {
@@ -236,7 +235,7 @@ Result<Plan> plan_switch(Engine::Impl& impl, const std::vector<GroupChoice>& cho
           {g, from == engine::kIndirect ? engine::VariantIndex{0} : from, plan.target[g]});
     } else {
       if (plan.untracked_text.empty())
-        plan.untracked_text = std::string(catalog.group(g).desc->name);
+        plan.untracked_text = std::string(impl.catalog.group(g).desc->name);
     }
     if (GroupState* state = impl.group_state[g]) {
       // An unpatched group runs its default variant, so its state is in that encoding.
