@@ -61,6 +61,8 @@ pass "oversubscribed" --duration 3 --vcpus 8 --preempt-rate 500
 # targets), lock state converted while other vCPUs run, NMIs and preempted holders.
 pass "stopless" --duration 3 --writer stopless --groups spinlock,tlb,demo_lock --nmi-rate 5000 \
   --preempt-rate 300
+# Modules with sites of the spinlock group loaded and unloaded while it switches (docs/modules.md).
+pass "modules" --duration 3 --groups spinlock --modules 4 --writer stopless --switch-rate 1000
 # The trigger policy over the simulated hypervisor's steal time, with late microcode loads
 # switching the feature-keyed groups under load.
 pass "triggers and microcode" --duration 3 --trigger simulated --microcode-every 0.5
@@ -78,6 +80,11 @@ caught lock_convert 'stuck|state_encoding' --duration 3 --groups spinlock --watc
   --writer stopless
 caught tlb_drain state_encoding --duration 3 --groups tlb,spinlock --preempt-rate 1000 \
   --writer stopless
+# A module that loads without waiting for the switch in progress is patched to the variant the
+# switch leaves (mixed_variant after the commit), and its lock ops then run on a word of the other
+# encoding.
+caught module_wait 'mixed_variant|state_encoding|mutual_exclusion|lost_update' --duration 3 \
+  --groups spinlock --modules 4 --writer stopless --switch-rate 1000
 
 if [ "$failures" -ne 0 ]; then
   echo "stress: $failures scenario(s) failed"

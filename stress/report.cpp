@@ -137,10 +137,10 @@ std::string render_text(const Report& r) {
                                     : std::string("no microcode updates");
   out += format(
       "scenario: %d vCPUs, %.1f s, %s, writer %s, NMI rate %g/s, preempt rate %g/s, %d locks, "
-      "%s, seed %llu\n",
+      "%d modules, %s, seed %llu\n",
       s.vcpus, static_cast<double>(s.duration.count()) / 1000.0, switching.c_str(),
-      switch_writer_name(s.writer), s.nmi_rate, s.preempt_rate, s.locks, microcode.c_str(),
-      ull(s.seed));
+      switch_writer_name(s.writer), s.nmi_rate, s.preempt_rate, s.locks, s.modules,
+      microcode.c_str(), ull(s.seed));
   out += "groups switched: " + joined(r.groups) + "\n";
   out += format("elapsed: %.2f s\n", r.elapsed_s);
   out += "\n";
@@ -188,6 +188,11 @@ std::string render_text(const Report& r) {
       ull(r.nmis_delivered));
   out += format("preemptions: %llu, steal time %.1f ms\n", ull(r.preemptions),
                 static_cast<double>(r.steal_ns) / 1e6);
+  if (r.modules) {
+    out += format("modules: %d, %llu loads, %llu unloads, %llu passes through their sites\n",
+                  r.modules->modules, ull(r.modules->loads), ull(r.modules->unloads),
+                  ull(r.modules->passes));
+  }
   if (r.trigger) {
     const TriggerTotals& t = *r.trigger;
     out += format("trigger %s: steal enter %.3f%%, leave %.3f%%; decisions:", t.source.c_str(),
@@ -259,6 +264,7 @@ std::string render_json(const Report& r) {
   j.key("nmi_rate").value(s.nmi_rate);
   j.key("preempt_rate").value(s.preempt_rate);
   j.key("locks").value(static_cast<std::uint64_t>(s.locks));
+  j.key("modules").value(static_cast<std::uint64_t>(s.modules));
   j.key("trigger").value(trigger_name(s.trigger));
   if (s.trigger == Trigger::kReplay) j.key("replay_file").value(s.replay_file);
   j.key("writer").value(switch_writer_name(s.writer));
@@ -324,6 +330,17 @@ std::string render_json(const Report& r) {
   j.end_object();
   j.key("preemptions").value(r.preemptions);
   j.key("steal_ns").value(r.steal_ns);
+  j.key("modules");
+  if (r.modules) {
+    j.begin_object();
+    j.key("count").value(static_cast<std::uint64_t>(r.modules->modules));
+    j.key("loads").value(r.modules->loads);
+    j.key("unloads").value(r.modules->unloads);
+    j.key("passes").value(r.modules->passes);
+    j.end_object();
+  } else {
+    j.null_value();
+  }
   j.key("trigger_decisions");
   if (r.trigger) {
     const TriggerTotals& t = *r.trigger;

@@ -46,6 +46,15 @@ struct Report {
   /// The simulated microcode updates and what they switched; absent (null in JSON, "off" in text)
   /// without --microcode-every.
   std::optional<MicrocodeTotals> microcode_events;
+  /// --modules: how many modules, and the loader's loads, unloads and passes (adds under a lock
+  /// through a module's sites); absent (null in JSON) without --modules.
+  struct ModuleTotals {
+    int modules = 0;
+    std::uint64_t loads = 0;
+    std::uint64_t unloads = 0;
+    std::uint64_t passes = 0;
+  };
+  std::optional<ModuleTotals> modules;
   /// The trigger policy's decisions; absent with --trigger manual.
   std::optional<TriggerTotals> trigger;
   // The trigger's policy as configured (with `trigger`).

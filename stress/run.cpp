@@ -13,6 +13,7 @@
 #include "stress/crash_report.h"
 #include "stress/invariants.h"
 #include "stress/microcode_injector.h"
+#include "stress/module_loader.h"
 #include "stress/nmi_injector.h"
 #include "stress/preemption_injector.h"
 #include "stress/progress.h"
@@ -122,6 +123,15 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   for (const GroupStatus& g : engine->status().groups) {
     if (g.interchangeable) interchangeable.push_back(g.name);
   }
+  std::vector<std::string> module_paths;
+  for (int m = 0; m < scenario.modules; ++m) {
+    Result<std::string> path = stress_module_path(m);
+    if (!path.ok()) {
+      report.error = path.error().to_string();
+      return report;
+    }
+    module_paths.push_back(std::move(path).value());
+  }
   // Heap-allocated so that, when threads are stuck, what they use can be left alive (released)
   // rather than destroyed under them.
   if (Status s = install_crash_report(); !s.ok()) {
@@ -178,6 +188,11 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
       [&invariants](const SwitchRequest& request) { invariants.after_commit(request); },
       scenario.writer, std::move(interchangeable));
   if (switching) switcher->start();
+  std::unique_ptr<ModuleLoader> modules;
+  if (!module_paths.empty()) {
+    modules = std::make_unique<ModuleLoader>(engine, *workload, violations, module_paths);
+    modules->start();
+  }
   std::unique_ptr<MicrocodeInjector> microcode;
   if (scenario.microcode_every_s > 0) {
     Result<std::unique_ptr<MicrocodeInjector>> created = MicrocodeInjector::create(
@@ -210,6 +225,13 @@ Report run(Engine* engine, const Scenario& scenario, std::vector<SwitchableGroup
   // (the microcode injector's go through the switcher, so it stops first); then the vCPUs.
   nmis->stop();
   preemptions->stop();
+  // The loader is a vCPU that takes the workload's locks: it finishes its module before the
+  // switches stop, so that its last unload never waits for a switch that waits for it.
+  if (modules) {
+    modules->stop();
+    report.modules = Report::ModuleTotals{scenario.modules, modules->loads(), modules->unloads(),
+                                          modules->passes()};
+  }
   const bool microcode_stopped = !microcode || microcode->stop_within(scenario.watchdog);
   const bool switcher_stopped =
       (!switching || switcher->stop_within(scenario.watchdog)) && microcode_stopped;

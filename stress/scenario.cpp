@@ -55,6 +55,9 @@ Status validate(const Scenario& s) {
                         "0 to 1000 preemptions per second (one is played at a time, parked 50 us "
                         "to 1 ms)");
   }
+  if (s.modules < 0 || s.modules > 8) {
+    return out_of_range("--modules", s.modules, "0 to 8 modules");
+  }
   if (s.locks < 1 || s.locks > kMaxLocks) {
     return out_of_range("--locks", s.locks, "1 to 100000 locks");
   }

@@ -44,6 +44,9 @@ struct Scenario {
   double nmi_rate = 1000;     ///< NMIs injected per second, over all vCPUs (0: none)
   double preempt_rate = 100;  ///< preemptions per second by the simulated hypervisor (0: none)
   int locks = 64;             ///< SpinLocks guarding shared counters
+  /// Shared objects with sites of the spinlock group loaded and unloaded in turn during the run
+  /// (stress/module_loader.h); 0: none.
+  int modules = 0;
   Trigger trigger = Trigger::kManual;
   std::string replay_file;  ///< the trace of kReplay
   /// The writer of every decided request that names a group which is not interchangeable

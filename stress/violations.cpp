@@ -22,6 +22,8 @@ const char* violation_name(Violation kind) {
       return "leftover_state";
     case Violation::kStuck:
       return "stuck";
+    case Violation::kModuleLoad:
+      return "module_load";
     case Violation::kCount:
       break;
   }

@@ -23,11 +23,12 @@ enum class Violation : std::uint8_t {
   kWrongResult,      ///< an op returned what none of its variants returns
   kLeftoverState,    ///< at the end, a lock is not unlocked or a site not as its table says
   kStuck,            ///< a vCPU or the switcher made no progress within the watchdog's time
+  kModuleLoad,       ///< --modules: a module was refused, or could not be used or unloaded
   kCount,
 };
 
 /// "mutual_exclusion", "lost_update", "stale_tlb_read", "mixed_variant", "state_encoding",
-/// "wrong_result", "leftover_state", "stuck": the report's and README's names.
+/// "wrong_result", "leftover_state", "stuck", "module_load": the report's and README's names.
 const char* violation_name(Violation kind);
 
 class ViolationLog {

@@ -51,6 +51,7 @@ Workload::Workload(const Scenario& scenario, ViolationLog& violations)
   guarded_.reserve(static_cast<std::size_t>(scenario.locks));
   for (int i = 0; i < scenario.locks; ++i)
     guarded_.push_back(std::make_unique<Guarded>("stress-counter"));
+  module_increments_.assign(guarded_.size(), 0);
   nmi_lock_ = std::make_unique<guest::SpinLock>("stress-nmi");
   for (std::size_t i = 0; i < kDemoLocks; ++i)
     demo_locks_.push_back(std::make_unique<demo::Lock>());
@@ -326,15 +327,31 @@ void Workload::check_lock_encoding(int spinlock_variant) {
   check(*nmi_lock_, "the NMI lock", 0);
 }
 
+void Workload::run_module_pass(
+    const std::function<void(guest::SpinLock*, std::uint64_t*, std::atomic<int>*,
+                             std::atomic<bool>*)>& add,
+    std::size_t round, int adds) {
+  const std::size_t which = round % guarded_.size();
+  Guarded& g = *guarded_[which];
+  std::atomic<bool> overlap{false};
+  add(&g.lock, &g.counter, &g.inside, &overlap);
+  module_increments_[which] += static_cast<std::uint64_t>(adds);
+  if (overlap.load()) {
+    const std::string line = "a module's sites acquired counter lock #" + std::to_string(which) +
+                             " while another holder was inside it";
+    violations_.record(Violation::kMutualExclusion, line.c_str());
+  }
+}
+
 void Workload::check_final() {
   for (std::size_t l = 0; l < guarded_.size(); ++l) {
-    std::uint64_t tallied = 0;
+    std::uint64_t tallied = module_increments_[l];
     for (const auto& row : increments_)
       tallied += row[l];
     if (tallied != guarded_[l]->counter) {
-      const std::string line = "counter lock #" + std::to_string(l) + " guards " +
-                               std::to_string(guarded_[l]->counter) +
-                               " increments, the vCPUs tallied " + std::to_string(tallied);
+      const std::string line =
+          "counter lock #" + std::to_string(l) + " guards " + std::to_string(guarded_[l]->counter) +
+          " increments, the vCPUs (and modules) tallied " + std::to_string(tallied);
       violations_.record(Violation::kLostUpdate, line.c_str());
     }
     if (guest::classify(guarded_[l]->lock.load_word()) != guest::LockState::kUnlocked) {

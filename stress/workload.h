@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -92,8 +93,17 @@ class Workload {
   /// is not. Normal context; call while no switch runs.
   void check_lock_encoding(int spinlock_variant);
 
-  /// After join_within() succeeded: every shared counter equals the sum of the tallies for it
-  /// (kLostUpdate) and every lock is unlocked (kLeftoverState).
+  /// One pass of a module (stress/module_loader.h), on the module loader's vCPU: `add(lock,
+  /// counter, inside, overlap)` adds `adds` to the counter of lock `round % locks` under that lock
+  /// through the module's own sites, counting holders in `inside` and setting `overlap` if there
+  /// were ever two (then a kMutualExclusion violation is recorded). The adds are tallied for
+  /// check_final(). One thread at a time.
+  void run_module_pass(const std::function<void(guest::SpinLock*, std::uint64_t*, std::atomic<int>*,
+                                                std::atomic<bool>*)>& add,
+                       std::size_t round, int adds);
+
+  /// After join_within() succeeded (and the module loader stopped): every shared counter equals
+  /// the sum of the tallies for it (kLostUpdate) and every lock is unlocked (kLeftoverState).
   void check_final();
 
  private:
@@ -104,6 +114,7 @@ class Workload {
   const Scenario scenario_;
   ViolationLog& violations_;
   std::vector<std::unique_ptr<Guarded>> guarded_;
+  std::vector<std::uint64_t> module_increments_;  // per lock, by run_module_pass
   std::unique_ptr<guest::SpinLock> nmi_lock_;
   std::uint64_t nmi_counter_ = 0;  // under nmi_lock_
   std::atomic<int> nmi_inside_{0};

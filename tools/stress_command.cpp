@@ -21,7 +21,7 @@ constexpr const char* kUsage =
     "                      [--nmi-rate PER_S] [--preempt-rate PER_S] [--locks N]\n"
     "                      [--groups LIST] [--trigger manual|simulated|real|replay:FILE]\n"
     "                      [--writer auto|stop|stopless] [--microcode-every SECONDS]\n"
-    "                      [--seed N] [--watchdog SECONDS]\n"
+    "                      [--modules N] [--seed N] [--watchdog SECONDS]\n"
     "                      [--json] [--quiet]\n"
     "\n"
     "Boots the guest built into this command and runs its workload on N vCPU threads (locks\n"
@@ -41,6 +41,9 @@ constexpr const char* kUsage =
     "                        its last NMI is skipped (throttled, as perf throttles its NMIs)\n"
     "  --preempt-rate PER_S  preemptions per second, 0-1000, each 50 us to 1 ms (default 100)\n"
     "  --locks N             spinlocks guarding shared counters, 1-100000 (default 64)\n"
+    "  --modules N           shared objects with sites of the spinlock group, 0-8 (default 0):\n"
+    "                        a vCPU of its own loads them in turn, adds to the counters under\n"
+    "                        their locks through each module's own sites, and unloads it\n"
     "  --groups LIST         groups to switch, comma-separated (default: spinlock, tlb,\n"
     "                        demo_lock, demo_clock, and demo_flush where the CPU has\n"
     "                        clflushopt); each request names a random subset of them\n"
@@ -98,6 +101,7 @@ std::optional<int> parse(int argc, char** argv, stress::Scenario& s) {
       .flag("--quiet", &s.quiet)
       .option("--vcpus", count_into(&s.vcpus))
       .option("--locks", count_into(&s.locks))
+      .option("--modules", count_into(&s.modules))
       .option("--duration", seconds_into(&s.duration))
       .option("--watchdog", seconds_into(&s.watchdog))
       .option("--switch-rate", number_into(&s.switch_rate))
