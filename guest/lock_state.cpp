@@ -261,6 +261,16 @@ Status adopt_engine_variant() {
                  "the engine is not booted, so the spinlock group has no variant yet; call "
                  "repatch::boot() first");
   }
+  // The converter is registered here, with the adoption, and not left to a second call: a program
+  // that adopted the booted encoding and never registered it had its sites switched and its words
+  // left alone. Switched to pv, the word stayed native (generation 0 for good), so every pv lock
+  // and pv unlock found a word of the other encoding and returned "restart" to its site
+  // (spinlock.cpp, restart()) until the group was switched back: a holder could not release, and
+  // its waiters spun in the native wait (spinlock.cpp, `while (word::head(cur) != ticket)`) until
+  // then. With a switch every 200 us, four vCPUs on one lock made about 200 acquisitions a second
+  // (tests/guest/spinlock_contention_test.cpp); a snapshot showed every vCPU in that wait, head
+  // served and nobody inside, because the next ticket's vCPU had not yet been scheduled to see it.
+  if (Status s = engine->set_group_state("spinlock", &spinlock_group_state()); !s.ok()) return s;
   Result<std::string> variant = engine->current_variant("spinlock");
   if (!variant.ok()) return variant.error();
   // "indirect" sites call the default variant, native.

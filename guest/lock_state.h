@@ -188,14 +188,15 @@ class SpinlockGroupState final : public GroupState {
   void convert(int from, int to) noexcept override;
 };
 
-/// The one SpinlockGroupState (the future Engine::set_group_state takes it).
+/// The one SpinlockGroupState (adopt_engine_variant registers it with the engine).
 SpinlockGroupState& spinlock_group_state();
 
-/// Until the engine calls the GroupState itself at boot: reads the `spinlock` group's current
-/// variant from the booted engine ("indirect" counts as native, its default) and converts every
-/// live lock, and the encoding of new locks, to it. Call once after boot(), before vCPU threads
-/// take locks. Fails with kState when the engine is not booted, or what current_variant() fails
-/// with. Allocates; normal context only.
+/// Makes the locks follow the `spinlock` group's variant, now and on every switch: registers
+/// spinlock_group_state() with the booted engine (Engine::set_group_state), then reads the group's
+/// current variant ("indirect" counts as native, its default) and converts every live lock, and
+/// the encoding of new locks, to it. Call once after boot(), before vCPU threads take locks and
+/// before any switch of the group. Fails with kState when the engine is not booted, or what
+/// set_group_state() or current_variant() fail with. Allocates; normal context only.
 Status adopt_engine_variant();
 
 }  // namespace repatch::guest

@@ -31,11 +31,9 @@ Error step_failed(const char* step, const Error& error) {
 Result<Engine*> boot_machine(const BootOptions& options) {
   Result<Engine*> engine = boot(options);
   if (!engine.ok()) return step_failed("boot", engine.error());
+  // It registers the spinlock GroupState too.
   if (Status s = adopt_engine_variant(); !s.ok()) {
     return step_failed("adopting the spinlock encoding", s.error());
-  }
-  if (Status s = engine.value()->set_group_state("spinlock", &spinlock_group_state()); !s.ok()) {
-    return step_failed("registering the spinlock state", s.error());
   }
   if (Status s = engine.value()->set_group_state("tlb", &tlb::group_state()); !s.ok()) {
     return step_failed("registering the tlb state", s.error());

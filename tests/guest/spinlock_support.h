@@ -34,10 +34,11 @@ inline void boot_in(const char* variant) {
   ASSERT_EQ(current_encoding(), std::string(variant) == "pv" ? kPvVariant : kNativeVariant);
 }
 
-// Waits for `done`, polling; on timeout the test fails and the process exits at once, since
-// threads stuck in a lock could never be joined.
-inline void await(const std::function<bool()>& done, const char* what) {
-  const auto deadline = std::chrono::steady_clock::now() + kPatience;
+// Waits for `done`, polling; on timeout (after `patience`) the test fails and the process exits at
+// once, since threads stuck in a lock could never be joined.
+inline void await(const std::function<bool()>& done, const char* what,
+                  std::chrono::steady_clock::duration patience = kPatience) {
+  const auto deadline = std::chrono::steady_clock::now() + patience;
   while (!done()) {
     if (std::chrono::steady_clock::now() > deadline) {
       ADD_FAILURE() << "timed out waiting until " << what;
