@@ -1,7 +1,9 @@
 // Engine::boot(): from declarations to every group in its initial variant.
 //
 // The protocol, all on the one thread the process has:
-//   first step:  read and check every declaration and site record (catalog, table);
+//   first step:  read and check every declaration and site record of every object registered so
+//                far (the program, shared objects loaded before boot; engine/object_registry.h),
+//                each fitted to the catalog of those before it (engine/code_object.h);
 //   second step: resolve the requested initial variants;
 //   third step:  plan: compute every site's current and target image and compare each site's
 //                bytes with its current image. Any failure so far returns with nothing written
@@ -10,8 +12,9 @@
 //                the options ask for is handled by something else) and set up the text writer
 //                (for memfd: remap the pages that hold sites);
 //   fifth step:  write each site that changes, point each op slot at its variant, sync_core;
-//                then install the #BP (SIGTRAP) handler, last, because it keeps a pointer to this
-//                boot's site table, which a failed boot frees.
+//                publish the objects to the #BP handler's lookups (engine/object_list.h), then
+//                install the handler, last. Once boot() has returned, objects that load or unload
+//                go to the engine as they do (engine/modules.h).
 #include <dirent.h>
 
 #include <atomic>
@@ -123,9 +126,12 @@ Result<std::unique_ptr<Engine::Impl>> boot_impl(const BootOptions& options) {
   impl->cpu = cpu.value();
 
   // First step: every object that registered (the program, shared objects loaded before boot),
-  // each fitted to the catalog of those before it.
+  // each fitted to the catalog of those before it. The registry's lock is taken and dropped before
+  // the switch mutex, the order in which a module's load takes them.
+  const std::vector<const abi::ObjectSections*> registered = engine::objects_registered();
+  // Nobody else knows impl yet; the lock costs nothing and lets the analysis check every access.
   const base::MutexLock not_yet_shared(impl->switch_mutex);
-  for (const abi::ObjectSections* sections : engine::objects_registered()) {
+  for (const abi::ObjectSections* sections : registered) {
     Result<std::unique_ptr<engine::CodeObject>> object = engine::build_code_object(
         *sections, impl->catalog,
         [&](std::span<const abi::GroupDesc* const> fresh, const engine::Descriptors& own)
