@@ -1,8 +1,8 @@
 #include "engine/object_list.h"
 
-// The static inline read side (no call per lookup): liburcu's LGPL fast path, in a library that
-// is itself free software.
-#define _LGPL_SOURCE
+// liburcu's exported read side, a call per lookup (lookups happen only on traps). Its inline one
+// (_LGPL_SOURCE) reads the reader record through a type aligned to 128 bytes that liburcu's own
+// arena does not align so, which UBSan reports in this code.
 #include <urcu/urcu-bp.h>
 
 #include <memory>

@@ -73,29 +73,14 @@ TEST(SpinlockContention, FourVcpusOnOneLockWhileTheGroupSwitchesEvery200us) {
   std::atomic<bool> overlap{false};
   std::atomic<bool> stop{false};
   std::array<std::atomic<std::uint64_t>, kVcpus> acquisitions{};
-  std::atomic<int> switches{0};
-  std::atomic<int> failed_switches{0};
-
-  std::thread switcher([&] {
-    for (int i = 0; !stop.load(); ++i) {
-      const SwitchOutcome r = engine->switch_groups({{"spinlock", i % 2 == 0 ? "pv" : "native"}},
-                                                    {.writer = SwitchWriter::kStopless});
-      (r.committed() ? switches : failed_switches).fetch_add(1);
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  });
+  PeriodicSwitcher switcher;
   {
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
     vcpus.reserve(kVcpus);
     for (int v = 0; v < kVcpus; ++v) {
       vcpus.push_back(std::make_unique<VcpuThread>([&, v](sync::Vcpu& self) {
         while (!stop.load(std::memory_order_relaxed)) {
-          spin_lock(&lock);
-          if (inside.fetch_add(1, std::memory_order_relaxed) != 0) overlap.store(true);
-          const std::uint64_t seen = counter;
-          counter = seen + 1;
-          inside.fetch_sub(1, std::memory_order_relaxed);
-          spin_unlock(&lock);
+          guarded_increment(lock, counter, inside, overlap);
           acquisitions[v].fetch_add(1, std::memory_order_relaxed);
           self.quiescent_state();
         }
@@ -107,20 +92,20 @@ TEST(SpinlockContention, FourVcpusOnOneLockWhileTheGroupSwitchesEvery200us) {
           for (const auto& a : acquisitions) {
             if (a.load(std::memory_order_relaxed) < kAcquisitionsEach) return false;
           }
-          return switches.load() >= kSwitchesAtLeast;
+          return switcher.committed() >= kSwitchesAtLeast;
         },
         "each of 4 vCPUs has taken the lock 20,000 times while 2,000 switches committed", 15s);
     stop.store(true);
     vcpus.clear();
-    switcher.join();
+    switcher.stop();
   }
   std::uint64_t total = 0;
   for (const auto& a : acquisitions)
     total += a.load();
   EXPECT_FALSE(overlap.load()) << "two holders were inside the lock at once";
   EXPECT_EQ(counter, total) << "an update was lost";
-  EXPECT_GE(switches.load(), kSwitchesAtLeast);
-  EXPECT_EQ(failed_switches.load(), 0);
+  EXPECT_GE(switcher.committed(), kSwitchesAtLeast);
+  EXPECT_EQ(switcher.failed(), 0);
   EXPECT_TRUE(engine->verify_group("spinlock").ok());
   const std::uint64_t w = lock.load_word();
   EXPECT_EQ(classify(w), LockState::kUnlocked) << std::hex << w;

@@ -32,28 +32,13 @@ TEST(SpinlockModule, LoadedAndUnloaded1000TimesWhileTheGroupSwitches) {
   std::atomic<bool> overlap{false};
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> program_adds{0};
-  std::atomic<int> switches{0};
-  std::atomic<int> failed_switches{0};
-
-  std::thread switcher([&] {
-    for (int i = 0; !stop.load(); ++i) {
-      const SwitchOutcome r = engine->switch_groups({{"spinlock", i % 2 == 0 ? "pv" : "native"}},
-                                                    {.writer = SwitchWriter::kStopless});
-      (r.committed() ? switches : failed_switches).fetch_add(1);
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  });
+  PeriodicSwitcher switcher;
   {
     std::vector<std::unique_ptr<VcpuThread>> workers;
     for (int v = 0; v < 3; ++v) {
       workers.push_back(std::make_unique<VcpuThread>([&](sync::Vcpu& self) {
         while (!stop.load()) {
-          spin_lock(&lock);
-          if (inside.fetch_add(1, std::memory_order_relaxed) != 0) overlap.store(true);
-          const std::uint64_t seen = counter;
-          counter = seen + 1;
-          inside.fetch_sub(1, std::memory_order_relaxed);
-          spin_unlock(&lock);
+          guarded_increment(lock, counter, inside, overlap);
           program_adds.fetch_add(1, std::memory_order_relaxed);
           self.quiescent_state();
         }
@@ -87,14 +72,14 @@ TEST(SpinlockModule, LoadedAndUnloaded1000TimesWhileTheGroupSwitches) {
     stop.store(true);
     self.reset();
     workers.clear();
-    switcher.join();
+    switcher.stop();
     EXPECT_FALSE(overlap.load()) << "two holders were inside the lock at once";
     EXPECT_EQ(counter, program_adds.load() + module_adds) << "an update was lost";
   }
-  std::printf("%d switches committed, %llu adds under the lock\n", switches.load(),
+  std::printf("%d switches committed, %llu adds under the lock\n", switcher.committed(),
               static_cast<unsigned long long>(counter));
-  EXPECT_GT(switches.load(), 0);
-  EXPECT_EQ(failed_switches.load(), 0);
+  EXPECT_GT(switcher.committed(), 0);
+  EXPECT_EQ(switcher.failed(), 0);
   EXPECT_TRUE(engine->verify_group("spinlock").ok());
   EXPECT_EQ(classify(lock.load_word()), LockState::kUnlocked);
 }

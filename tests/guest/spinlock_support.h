@@ -106,6 +106,49 @@ struct Waiter {
   }
 };
 
+// One increment of `counter` under `lock`, counting the holders in `inside`: `overlap` is set if
+// there were ever two, and an update is lost if they both wrote.
+inline void guarded_increment(SpinLock& lock, std::uint64_t& counter, std::atomic<int>& inside,
+                              std::atomic<bool>& overlap) {
+  spin_lock(&lock);
+  if (inside.fetch_add(1, std::memory_order_relaxed) != 0) overlap.store(true);
+  const std::uint64_t seen = counter;
+  counter = seen + 1;
+  inside.fetch_sub(1, std::memory_order_relaxed);
+  spin_unlock(&lock);
+}
+
+// A thread that is no vCPU switching the spinlock group native <-> pv with the stopless writer,
+// one switch every 200 us, until destroyed.
+class PeriodicSwitcher {
+ public:
+  PeriodicSwitcher()
+      : thread_([this] {
+          for (int i = 0; !stop_.load(); ++i) {
+            const SwitchOutcome r = Engine::get()->switch_groups(
+                {{"spinlock", i % 2 == 0 ? "pv" : "native"}}, {.writer = SwitchWriter::kStopless});
+            (r.committed() ? committed_ : failed_).fetch_add(1);
+            std::this_thread::sleep_for(200us);
+          }
+        }) {}
+  ~PeriodicSwitcher() { stop(); }
+  PeriodicSwitcher(const PeriodicSwitcher&) = delete;
+  PeriodicSwitcher& operator=(const PeriodicSwitcher&) = delete;
+
+  void stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  int committed() const { return committed_.load(); }
+  int failed() const { return failed_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> committed_{0};
+  std::atomic<int> failed_{0};
+  std::thread thread_;
+};
+
 }  // namespace repatch::guest
 
 #endif  // REPATCH_TESTS_GUEST_SPINLOCK_SUPPORT_H_
