@@ -87,6 +87,7 @@ void report_sample(benchmark::State& state, const std::string& name, std::vector
 void BM_Load(benchmark::State& state) {
   const std::string name = "load_" + std::to_string(state.range(0));
   std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(state.max_iterations));
   for (auto _ : state) {
     const auto start = Clock::now();
     void* handle = load_or_die(name);
@@ -102,10 +103,13 @@ BENCHMARK(BM_Load)->ArgName("sites")->Arg(10)->Arg(1000)->UseManualTime()->Itera
 
 void BM_Switch(benchmark::State& state) {
   std::vector<void*> modules;
+  modules.reserve(static_cast<std::size_t>(state.range(0)));
   for (int m = 0; m < state.range(0); ++m)
     modules.push_back(load_or_die("m" + std::to_string(m)));
   std::vector<double> elapsed_us;
   std::vector<double> blackout_us;
+  elapsed_us.reserve(static_cast<std::size_t>(state.max_iterations));
+  blackout_us.reserve(static_cast<std::size_t>(state.max_iterations));
   std::size_t sites = 0;
   bool forward = true;
   for (auto _ : state) {

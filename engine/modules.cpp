@@ -110,8 +110,8 @@ Status load_locked(Engine::Impl& impl, const abi::ObjectSections& sections)
   }
   CodeObject& object = *built.value();
   std::vector<VariantIndex> variants = impl.group_variant;
-  for (auto g = static_cast<GroupIndex>(variants.size()); g < impl.catalog.groups().size(); ++g) {
-    variants.push_back(first_variant(impl, g));
+  for (std::size_t g = variants.size(); g < impl.catalog.groups().size(); ++g) {
+    variants.push_back(first_variant(impl, static_cast<GroupIndex>(g)));
   }
   Result<std::vector<SiteWrite>> writes = plan_object_writes(object, variants);
   if (!writes.ok()) {
@@ -134,8 +134,8 @@ Status load_locked(Engine::Impl& impl, const abi::ObjectSections& sections)
   if (register_sync_cores_once()) sync::sync_cores();
 
   // Fourth step.
-  for (auto g = static_cast<GroupIndex>(impl.group_variant.size()); g < variants.size(); ++g) {
-    if (g < abi::kMaxTrackedGroups) settle_group_phase(g, variants[g]);
+  for (std::size_t g = impl.group_variant.size(); g < variants.size(); ++g) {
+    if (g < abi::kMaxTrackedGroups) settle_group_phase(static_cast<GroupIndex>(g), variants[g]);
   }
   impl.group_variant = variants;
   impl.group_state.resize(impl.catalog.groups().size(), nullptr);

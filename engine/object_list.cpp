@@ -13,24 +13,13 @@
 namespace repatch::engine {
 namespace {
 
+// Never changed once published; replaced whole.
 struct ObjectList {
-  std::size_t count;
-  const CodeObject* objects[1];  // `count` of them (allocated longer)
+  std::vector<const CodeObject*> objects;
 };
 
 ObjectList* g_list = nullptr;  // RCU-protected: rcu_dereference / rcu_xchg_pointer
 std::atomic<std::uint64_t> g_freed_object_reads{0};
-
-ObjectList* make_list(const std::vector<const CodeObject*>& objects) {
-  const std::size_t bytes =
-      sizeof(ObjectList) + sizeof(const CodeObject*) * (objects.empty() ? 0 : objects.size() - 1);
-  // NOLINTNEXTLINE(cppcoreguidelines-owning-memory,cppcoreguidelines-no-malloc)
-  auto* list = static_cast<ObjectList*>(::operator new(bytes));
-  list->count = objects.size();
-  for (std::size_t i = 0; i < objects.size(); ++i)
-    list->objects[i] = objects[i];
-  return list;
-}
 
 }  // namespace
 
@@ -40,7 +29,7 @@ bool is_site_start(std::uintptr_t address) noexcept {
   // load of the pointer; pairs with rcu_assign_pointer in publish_objects().
   const ObjectList* list = rcu_dereference(g_list);
   bool found = false;
-  for (std::size_t i = 0; list != nullptr && i < list->count && !found; ++i) {
+  for (std::size_t i = 0; list != nullptr && i < list->objects.size() && !found; ++i) {
     const CodeObject* object = list->objects[i];
     if (address < object->table.base() || address >= object->table.limit()) continue;
     // With a test hook, the thread waits here while another unloads the object.
@@ -57,14 +46,14 @@ bool is_site_start(std::uintptr_t address) noexcept {
 
 void publish_objects(const std::vector<const CodeObject*>& objects) {
   base::assert_normal_context();
-  ObjectList* fresh = make_list(objects);
+  auto* fresh = new ObjectList{objects};  // NOLINT(cppcoreguidelines-owning-memory)
   // rcu_xchg_pointer: a full barrier before the store, so a reader that loads `fresh` sees it
   // filled in (pairs with rcu_dereference in is_site_start).
   ObjectList* old = rcu_xchg_pointer(&g_list, fresh);
   // The grace period: every lookup that may still read `old`, or an object missing from `fresh`,
   // has left its read-side section when this returns.
   if (!test::disabled(test::Handler::kModuleGrace)) urcu_bp_synchronize_rcu();
-  ::operator delete(old);
+  delete old;  // NOLINT(cppcoreguidelines-owning-memory)
 }
 
 std::uint64_t freed_object_reads() noexcept {

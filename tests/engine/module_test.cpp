@@ -177,7 +177,7 @@ TEST(Modules, LoadedAndUnloaded1000TimesWhileItsGroupSwitches) {
 
 // Sleeps about a millisecond; async-signal-safe (the hooks below run inside a switch or a lookup).
 void nap() noexcept {
-  const timespec ms{0, 1000 * 1000};
+  const timespec ms{0, 1000L * 1000L};
   nanosleep(&ms, nullptr);
 }
 

@@ -35,6 +35,7 @@ TEST(SpinlockModule, LoadedAndUnloaded1000TimesWhileTheGroupSwitches) {
   PeriodicSwitcher switcher;
   {
     std::vector<std::unique_ptr<VcpuThread>> workers;
+    workers.reserve(3);
     for (int v = 0; v < 3; ++v) {
       workers.push_back(std::make_unique<VcpuThread>([&](sync::Vcpu& self) {
         while (!stop.load()) {
