@@ -1,7 +1,11 @@
 // A consumer of the installed library: it declares its own group of two ops, boots in the variant
-// named on the command line, and checks that its sites run that variant.
+// named on the command line, checks that its sites run that variant, switches to the other one
+// live and checks again. Built from this file linked with librepatch.a (consumer-static) and with
+// librepatch.so (consumer-shared); it exits with status 1 and says why whenever the engine did not
+// put its own sites in the variant.
 //
-//   consumer plain|atomic
+//   consumer-static plain|atomic
+//   consumer-shared plain|atomic
 #include <repatch/engine.h>
 #include <repatch/op.h>
 
@@ -42,30 +46,59 @@ __attribute__((noinline)) void count(std::uint64_t* value) {
   REPATCH_SITE(counter_note, ());
 }
 
+// Prints the sites, and whether both are in `variant` and the counts are those expected; true if
+// they are. A site the engine does not hold, or holds in another variant, makes it false.
+bool check(const char* name, const repatch::Engine& engine, const char* variant,
+           std::uint64_t value, std::uint64_t expected_value, std::uint64_t expected_plain,
+           std::uint64_t expected_atomic) {
+  const repatch::EngineStatus status = engine.status();
+  for (const repatch::SiteStatus& site : status.sites) {
+    std::printf("%-13s %-7s %s\n", site.op.c_str(), site.variant.c_str(), site.instruction.c_str());
+  }
+  if (status.sites.size() != 2) {
+    std::fprintf(stderr, "%s: the engine holds %zu sites; this program has 2 of its own\n", name,
+                 status.sites.size());
+  }
+  const bool ok = value == expected_value && plain_notes == expected_plain &&
+                  atomic_notes == expected_atomic && status.sites.size() == 2 &&
+                  status.sites[0].variant == variant && status.sites[1].variant == variant;
+  std::printf("%s: %s variant, value %llu, notes plain %llu atomic %llu: %s\n", name, variant,
+              static_cast<unsigned long long>(value), static_cast<unsigned long long>(plain_notes),
+              static_cast<unsigned long long>(atomic_notes), ok ? "ok" : "WRONG");
+  return ok;
+}
+
 int main(int argc, char** argv) {
+  const char* slash = argc > 0 ? std::strrchr(argv[0], '/') : nullptr;
+  const char* name = slash != nullptr ? slash + 1 : (argc > 0 ? argv[0] : "consumer");
   if (argc != 2 || (std::strcmp(argv[1], "plain") != 0 && std::strcmp(argv[1], "atomic") != 0)) {
-    std::fprintf(stderr, "usage: consumer plain|atomic\n");
+    std::fprintf(stderr, "usage: %s plain|atomic\n", name);
     return 2;
   }
-  repatch::Result<repatch::Engine*> engine = repatch::boot({.initial = {{"counter", argv[1]}}});
+  // Boots in the variant named, counts, then switches live to the other one and counts again.
+  const bool atomic_first = std::strcmp(argv[1], "atomic") == 0;
+  const char* first = argv[1];
+  const char* second = atomic_first ? "plain" : "atomic";
+  repatch::Result<repatch::Engine*> engine = repatch::boot({.initial = {{"counter", first}}});
   if (!engine.ok()) {
-    std::fprintf(stderr, "consumer: boot failed: %s\n", engine.error().to_string().c_str());
+    std::fprintf(stderr, "%s: boot failed: %s\n", name, engine.error().to_string().c_str());
     return 1;
   }
   std::uint64_t value = 0;
   for (int i = 0; i < 1000; ++i)
     count(&value);
-
-  const bool atomic = std::strcmp(argv[1], "atomic") == 0;
-  const repatch::EngineStatus status = engine.value()->status();
-  for (const repatch::SiteStatus& site : status.sites) {
-    std::printf("%-13s %-7s %s\n", site.op.c_str(), site.variant.c_str(), site.instruction.c_str());
+  if (!check(name, *engine.value(), first, value, 1000, atomic_first ? 0 : 1000,
+             atomic_first ? 1000 : 0)) {
+    return 1;
   }
-  const bool ok = value == 1000 && (atomic ? atomic_notes : plain_notes) == 1000 &&
-                  (atomic ? plain_notes : atomic_notes) == 0 && status.sites.size() == 2 &&
-                  status.sites[0].variant == argv[1];
-  std::printf("consumer: %s variant, value %llu, notes plain %llu atomic %llu: %s\n", argv[1],
-              static_cast<unsigned long long>(value), static_cast<unsigned long long>(plain_notes),
-              static_cast<unsigned long long>(atomic_notes), ok ? "ok" : "WRONG");
-  return ok ? 0 : 1;
+
+  const repatch::SwitchOutcome switched = engine.value()->switch_groups({{"counter", second}});
+  if (!switched.committed()) {
+    std::fprintf(stderr, "%s: switch to %s failed: %s\n", name, second,
+                 switched.status.error().to_string().c_str());
+    return 1;
+  }
+  for (int i = 0; i < 1000; ++i)
+    count(&value);
+  return check(name, *engine.value(), second, value, 2000, 1000, 1000) ? 0 : 1;
 }
