@@ -6,12 +6,25 @@
 //
 //   consumer-static plain|atomic
 //   consumer-shared plain|atomic
+//
+// With `module PATH` it loads a module (module.cpp) with dlopen() after boot instead, runs the
+// module's pair of ops on 4 vCPU threads and on 1 thread it never registers, switches the
+// module's group 10,000 times meanwhile, checks that every pass saw one variant for both ops,
+// and unloads the module.
+//
+//   consumer-static module PATH
+#include <dlfcn.h>
 #include <repatch/engine.h>
 #include <repatch/op.h>
+#include <repatch/vcpu.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
 
 REPATCH_DECLARE_GROUP(counter);
 REPATCH_DECLARE_OP(counter_inc, 8);
@@ -68,11 +81,93 @@ bool check(const char* name, const repatch::Engine& engine, const char* variant,
   return ok;
 }
 
+// Whether `path` is among the engine's objects (and not refused).
+bool engine_holds(const repatch::Engine& engine, const std::string& path) {
+  for (const repatch::ModuleStatus& m : engine.modules()) {
+    if (m.name.find(path) != std::string::npos) return m.refusal.empty();
+  }
+  return false;
+}
+
+int run_module(const char* name, const char* path) {
+  repatch::Result<repatch::Engine*> booted = repatch::boot();
+  if (!booted.ok()) {
+    std::fprintf(stderr, "%s: boot failed: %s\n", name, booted.error().to_string().c_str());
+    return 1;
+  }
+  repatch::Engine& engine = *booted.value();
+  void* module = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (module == nullptr) {
+    std::fprintf(stderr, "%s: dlopen(%s) failed: %s\n", name, path, dlerror());
+    return 1;
+  }
+  if (!engine_holds(engine, path)) {
+    std::fprintf(stderr, "%s: the engine does not hold the module's sites\n", name);
+    return 1;
+  }
+  using Pass = int();
+  auto* pass = reinterpret_cast<Pass*>(dlsym(module, "consumer_module_pass"));
+  if (pass == nullptr) {
+    std::fprintf(stderr, "%s: the module has no consumer_module_pass\n", name);
+    return 1;
+  }
+
+  // Passes by the variant they saw (index 1 and 2), and those that saw two (index 0).
+  std::atomic<std::uint64_t> seen[3] = {};
+  std::atomic<bool> stop{false};
+  std::atomic<int> registration_failures{0};
+  const auto run_passes = [&](repatch::VcpuRegistration* vcpu) {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const int variant = pass();
+      seen[variant < 0 ? 0 : variant].fetch_add(1, std::memory_order_relaxed);
+      if (vcpu != nullptr) vcpu->quiescent_state();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int v = 0; v < 4; ++v) {
+    threads.emplace_back([&] {
+      repatch::Result<repatch::VcpuRegistration> vcpu = repatch::VcpuRegistration::enter();
+      if (!vcpu.ok()) {
+        registration_failures.fetch_add(1);
+        return;
+      }
+      run_passes(&vcpu.value());
+    });
+  }
+  threads.emplace_back([&] { run_passes(nullptr); });  // never registered
+
+  int failed_switches = 0;
+  for (int i = 0; i < 10000; ++i) {
+    const repatch::SwitchOutcome r = engine.switch_groups({{"pair", i % 2 == 0 ? "two" : "one"}});
+    if (!r.committed()) {
+      if (++failed_switches == 1) {
+        std::fprintf(stderr, "%s: a switch failed: %s\n", name,
+                     r.status.error().to_string().c_str());
+      }
+    }
+  }
+  stop.store(true);
+  for (std::thread& t : threads)
+    t.join();
+  const bool unloaded = dlclose(module) == 0 && !engine_holds(engine, path);
+  const bool ok = registration_failures.load() == 0 && failed_switches == 0 &&
+                  seen[0].load() == 0 && seen[1].load() > 0 && seen[2].load() > 0 && unloaded;
+  std::printf(
+      "%s: module %s: 10000 switches (%d failed), passes seeing variant one %llu, two %llu, "
+      "both %llu; unloaded %s: %s\n",
+      name, path, failed_switches, static_cast<unsigned long long>(seen[1].load()),
+      static_cast<unsigned long long>(seen[2].load()),
+      static_cast<unsigned long long>(seen[0].load()), unloaded ? "yes" : "no",
+      ok ? "ok" : "WRONG");
+  return ok ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   const char* slash = argc > 0 ? std::strrchr(argv[0], '/') : nullptr;
   const char* name = slash != nullptr ? slash + 1 : (argc > 0 ? argv[0] : "consumer");
+  if (argc == 3 && std::strcmp(argv[1], "module") == 0) return run_module(name, argv[2]);
   if (argc != 2 || (std::strcmp(argv[1], "plain") != 0 && std::strcmp(argv[1], "atomic") != 0)) {
-    std::fprintf(stderr, "usage: %s plain|atomic\n", name);
+    std::fprintf(stderr, "usage: %s plain|atomic\n       %s module PATH\n", name, name);
     return 2;
   }
   // Boots in the variant named, counts, then switches live to the other one and counts again.
