@@ -210,6 +210,16 @@ Result<VariantIndex> Catalog::find_variant(GroupIndex g, std::string_view name) 
   return static_cast<VariantIndex>(found - names.begin());
 }
 
+std::size_t Catalog::retained_bytes() const {
+  std::size_t bytes = sizeof(*this) + groups_.capacity() * sizeof(CatalogGroup) +
+                      ops_.capacity() * sizeof(CatalogOp);
+  for (const CatalogGroup& g : groups_)
+    bytes += g.ops.capacity() * sizeof(OpIndex);
+  for (const CatalogOp& o : ops_)
+    bytes += o.variants.capacity() * sizeof(const abi::VariantDesc*);
+  return bytes;
+}
+
 std::string_view Catalog::variant_name(GroupIndex g, VariantIndex v) const {
   if (v == kIndirect) return "indirect";
   return groups_[g].desc->variants[v];

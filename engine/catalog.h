@@ -70,6 +70,9 @@ class Catalog {
   /// Variant `name` of group `g`; kUnknownName lists the group's variants.
   Result<VariantIndex> find_variant(GroupIndex g, std::string_view name) const;
 
+  /// Bytes the catalog keeps in memory (its vectors; not the descriptors it points at).
+  std::size_t retained_bytes() const;
+
   /// "native" for a variant index, "indirect" for kIndirect.
   std::string_view variant_name(GroupIndex g, VariantIndex v) const;
 

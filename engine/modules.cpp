@@ -258,6 +258,10 @@ std::vector<ModuleStatus> Engine::modules() const {
     status.name = object->name;
     status.sites = object->table.entries().size();
     status.groups = object->own_groups.size();
+    status.retained_bytes = sizeof(engine::CodeObject) + object->table.retained_bytes() +
+                            object->catalog.retained_bytes() +
+                            object->own_groups.capacity() * sizeof(engine::GroupIndex) +
+                            object->own_ops.capacity() * sizeof(engine::OpIndex);
     if (object->poker != nullptr) {
       status.text_begin = object->poker->begin();
       status.text_end = object->poker->end();

@@ -84,8 +84,9 @@ void print_text(const EngineStatus& s) {
   std::printf("retained patch table: %zu bytes per site, %zu bytes for %zu sites\n",
               s.bytes_per_site, s.retained_bytes, s.sites.size());
   for (const ModuleStatus& m : s.modules) {
-    std::printf("object: %s, %zu sites, %zu groups of its own%s%s\n", m.name.c_str(), m.sites,
-                m.groups, m.refusal.empty() ? "" : "; refused: ", m.refusal.c_str());
+    std::printf("object: %s, %zu sites, %zu groups of its own, %zu bytes kept%s%s\n",
+                m.name.c_str(), m.sites, m.groups, m.retained_bytes,
+                m.refusal.empty() ? "" : "; refused: ", m.refusal.c_str());
   }
   std::printf("\n");
   std::printf("%-16s %-11s %-22s %4s %6s  %s\n", "GROUP", "VARIANT", "VARIANTS", "OPS", "SITES",
@@ -129,6 +130,7 @@ void print_json(const EngineStatus& s) {
     j.key("name").value(m.name);
     j.key("sites").value(static_cast<std::uint64_t>(m.sites));
     j.key("groups").value(static_cast<std::uint64_t>(m.groups));
+    j.key("retained_bytes").value(static_cast<std::uint64_t>(m.retained_bytes));
     j.key("refusal").value(m.refusal);
     j.key("text_begin").value(text::hex(m.text_begin));
     j.key("text_end").value(text::hex(m.text_end));

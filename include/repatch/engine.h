@@ -90,6 +90,10 @@ struct ModuleStatus {
   std::string name;        ///< its path, as the dynamic linker knows it; "(the program)" for it
   std::size_t sites = 0;   ///< its sites in the retained table (0 when refused)
   std::size_t groups = 0;  ///< groups it declares
+  /// What the engine keeps for it in memory: its retained table (8 bytes per site and the index of
+  /// its groups), its view of the catalog and its record; not the images of switched groups
+  /// (engine/image_cache.h) nor the memfd copy of its site pages.
+  std::size_t retained_bytes = 0;
   /// Empty when loaded; else why the engine refused it (its sites then abort when run).
   std::string refusal;
   std::uintptr_t text_begin = 0;  ///< the range its writer remapped (memfd writer), else 0

@@ -67,6 +67,9 @@ TEST(Modules, ASiteOfTheProgramsGroupTakesItsVariantAndFollowsSwitches) {
   ASSERT_NE(status, nullptr);
   EXPECT_EQ(status->sites, 2u);
   EXPECT_TRUE(status->refusal.empty());
+  EXPECT_GT(status->retained_bytes, 2 * Engine::bytes_per_site());
+  std::printf("the module's 2 sites: %zu bytes kept, in a catalog of %zu groups\n",
+              status->retained_bytes, engine->status().groups.size());
 
   ASSERT_TRUE(engine->switch_groups({{"pair", "one"}}).committed());
   EXPECT_EQ(pass(), 1) << "a switch left the module's sites out";
