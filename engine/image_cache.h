@@ -26,7 +26,7 @@ class ImageCache {
   /// planned, else computed (and the whole group with it). Fails as site_image() and
   /// x86::verify_site_image() fail, the message naming the site; failures are not kept. Normal
   /// context, under the engine's switch mutex.
-  /// `catalog` and `table` are the engine's own, the same at every call.
+  /// `catalog` and `table` are one object's (engine/code_object.h), the same at every call.
   Result<x86::Image> image(const Catalog& catalog, const SiteTable& table, const SiteEntry& entry,
                            VariantIndex v, bool alt_pad);
 

@@ -1,4 +1,5 @@
-// The retained patch table: every site of the program, kept after boot.
+// The retained patch table of one object (the program, or a module): every site it holds, kept
+// after boot (or after its load).
 //
 // Eight bytes per site (the kernel's paravirt site entry is sixteen, and it is discarded after
 // boot). Entries are sorted by group, and by address inside each group, so that the index by
