@@ -79,7 +79,7 @@ class TextPoker {
 /// before it returns from fork().
 /// Fails with kSystem (memfd_create/mmap refused; the message names the call and errno),
 /// kInvalidArgument (the range is not inside one r-x mapping, or overlaps a live memfd poker) or
-/// kUnsupported (16 memfd pokers are already live).
+/// kUnsupported (256 memfd pokers are already live).
 /// Destroying the poker unmaps the alias only: the text stays mapped r-x from the memfd.
 Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::uintptr_t last);
 

@@ -59,9 +59,10 @@ constexpr const char* kMemfdName = "repatch-text";
 // What /proc/self/maps calls a mapping of our memfd.
 constexpr std::string_view kMemfdMapsPrefix = "/memfd:repatch-text";
 
-// The engine needs one region for its site pages and tests a few more. Fixed so that the fork
-// handler walks it without allocating.
-constexpr std::size_t kMaxRegions = 16;
+// The engine needs one region per object with sites: the program and every loaded module
+// (docs/modules.md). Fixed so that the fork handler walks it without allocating; 256 regions are
+// about 12 KiB.
+constexpr std::size_t kMaxRegions = 256;
 
 struct Region {
   bool live = false;
@@ -398,7 +399,9 @@ Result<std::unique_ptr<TextPoker>> make_memfd_poker(std::uintptr_t first, std::u
   if (slot == kMaxRegions) {
     return Error(ErrorCode::kUnsupported,
                  "memfd poker: " + std::to_string(kMaxRegions) +
-                     " memfd pokers are already live; cover adjacent pages with one poker");
+                     " memfd pokers are already live (one per object with sites: the program and "
+                     "each loaded module); unload a module, or cover adjacent pages with one "
+                     "poker");
   }
   REPATCH_RETURN_IF_ERROR(check_text_mapping(begin, end));
 
