@@ -112,14 +112,19 @@ int run_module(const char* name, const char* path) {
     return 1;
   }
 
-  // Passes by the variant they saw (index 1 and 2), and those that saw two (index 0).
+  // Passes by the variant they saw (index 1 and 2), and those that saw two (index 0); passes that
+  // gave way to a switch running are retried after a yield and not counted.
   std::atomic<std::uint64_t> seen[3] = {};
   std::atomic<bool> stop{false};
   std::atomic<int> registration_failures{0};
   const auto run_passes = [&](repatch::VcpuRegistration* vcpu) {
     while (!stop.load(std::memory_order_relaxed)) {
       const int variant = pass();
-      seen[variant < 0 ? 0 : variant].fetch_add(1, std::memory_order_relaxed);
+      if (variant == 0) {
+        std::this_thread::yield();
+      } else {
+        seen[variant < 0 ? 0 : variant].fetch_add(1, std::memory_order_relaxed);
+      }
       if (vcpu != nullptr) vcpu->quiescent_state();
     }
   };

@@ -17,9 +17,12 @@ REPATCH_INLINE_VARIANT(pair_second, one, "movl $1, %eax");
 REPATCH_INLINE_VARIANT(pair_second, two, "movl $2, %eax");
 
 // One pass: both ops of the group, inside one op mark (a switch never commits between them).
-// Returns the variant both ran (1 or 2), or -1 when they ran different ones.
+// Returns the variant both ran (1 or 2), -1 when they ran different ones, or 0 when a switch of the
+// group was running as the pass began: it gave way, without running either op, and the caller
+// tries again later.
 extern "C" int consumer_module_pass() {
   const repatch::OpInFlight in_op(repatch_group_pair);
+  if (in_op.switch_running()) return 0;
   int first;
   int second;
   REPATCH_SITE(pair_first, ("=a"(first)));

@@ -94,6 +94,15 @@ class OpInFlight {
   bool variant_current(int variant) const noexcept {
     return phase_ == kPhaseUnknown || phase_ == variant;
   }
+  /// Whether a switch of the group was running when the mark was opened (read once, as
+  /// variant_current()). A body that runs several sites of its group, and can give way, closes
+  /// its mark and tries again later when this says so: a thread inside an op that reaches a site
+  /// the switch has fenced makes the switch take its fence back, so threads that keep entering
+  /// ops of the group at full speed can hold a switch off until its deadline. False before boot
+  /// and for untracked groups. Async-signal-safe.
+  bool switch_running() const noexcept {
+    return phase_ != kPhaseUnknown && (phase_ & kPhaseSwitchingBit) != 0;
+  }
   OpInFlight(const OpInFlight&) = delete;
   OpInFlight& operator=(const OpInFlight&) = delete;
 
@@ -101,6 +110,7 @@ class OpInFlight {
   // The group's phase word as read after the mark: its variant, with bit 0x80 while a switch
   // runs; kPhaseUnknown where there is none.
   static constexpr int kPhaseUnknown = -1;
+  static constexpr int kPhaseSwitchingBit = 0x80;  // engine/group_phase.h, kPhaseSwitching
   std::atomic<std::uint8_t>* depth_ = nullptr;
   int phase_ = kPhaseUnknown;
 };
