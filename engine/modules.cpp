@@ -22,8 +22,8 @@
 namespace repatch::engine {
 namespace {
 
-// The names of the refused objects, for the stub their sites run. Written under the switch mutex
-// in normal context, read by the stub just before it aborts.
+// The names of the refused objects, for the refusal trap their sites run. Written under the switch
+// mutex in normal context, read by the trap just before it aborts.
 char g_refused_names[2048] = {};
 
 }  // namespace
@@ -54,7 +54,7 @@ CodeObject* find_object(Engine::Impl& impl, const abi::ObjectSections& sections)
   return nullptr;
 }
 
-// Leaves the object unusable: every op slot it declares calls the stub above.
+// Leaves the object unusable: every op slot it declares calls the refusal trap above.
 void disable_object(const abi::ObjectSections& sections) {
   for (const abi::OpDesc* const* op = sections.ops_begin; op != nullptr && op != sections.ops_end;
        ++op) {

@@ -10,8 +10,9 @@
 //                plain stores (no thread runs its code yet), serialise every CPU;
 //   fourth step: point its op slots, publish its groups' tracked indexes, then publish it to the
 //                #BP handler's lookups.
-// A refusal at any step leaves nothing written, and the object's op slots pointing at a stub that
-// names it and aborts: its sites, still unpatched, call through them. It is never half-patched.
+// A refusal at any step leaves nothing written, and the object's op slots pointing at a refusal
+// trap that names it and aborts: its sites, still unpatched, call through them. It is never
+// half-patched.
 //
 // Unloading, from the object's last destructor, before the dynamic linker unmaps it:
 //   first step:  wait for a switch in progress;

@@ -135,7 +135,7 @@ extern "C" {
 /// Called by each object's constructor with its sections (once per translation unit; the engine
 /// keeps the first call). Before boot it records the object; after boot it brings the object's
 /// sites into their groups' current variants, or refuses the object (Engine::modules() says why)
-/// and leaves its sites unusable: each runs a stub that names the object and aborts.
+/// and leaves its sites unusable: each runs a refusal trap that names the object and aborts.
 void repatch_abi_object_loaded(const repatch::abi::ObjectSections* object);
 /// Called by each object's destructor: takes its sites out of the engine, waiting for a switch in
 /// progress. Once it returns, no switch writes into the object and no #BP lookup reads its table.
