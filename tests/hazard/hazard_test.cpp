@@ -443,20 +443,35 @@ TEST_P(EachWriter, NmiOnPrimaryMidWrite_Completes) {
 // ---- H4: many NMIs on many vCPUs at once ------------------------------------------------------
 
 std::atomic<std::uint64_t> g_nmi_bad{0};
+// Which switch's fence is in place (0: none), and how many NMI handlers that started while it was
+// ran their ops to the end.
+std::atomic<std::uint64_t> g_fences{0};
+std::atomic<std::uint64_t> g_fence_number{0};
+std::atomic<std::uint64_t> g_runs_inside_fence{0};
 
 void nmi_runs_ops(sync::VcpuId, void*) {
+  const std::uint64_t fence = g_fence_number.load();
   const std::uint32_t a = hazard::first();
   const std::uint32_t b = hazard::alt();
   if ((a != 1 && a != 2) || (b != 1 && b != 2)) g_nmi_bad.fetch_add(1, std::memory_order_relaxed);
   g_nmi_runs.fetch_add(1, std::memory_order_relaxed);
+  if (fence != 0 && fence == g_fence_number.load()) g_runs_inside_fence.fetch_add(1);
 }
 
-// At the fence, every vCPU (the primary included) gets an NMI whose handler runs fenced sites.
+// At the fence, every vCPU (the primary included) gets an NMI whose handler runs fenced sites. The
+// primary then waits until one such handler has run: an NMI merged into one already pending is
+// delivered only at the target's next entry to the kernel, which may come after a switch that
+// makes no system call has ended. A handler that started after the fence traps on it and finishes
+// the switch (or, with nmi_completion off, re-traps for ever).
 void nmi_everyone_at_fence(test::Point point, std::uint32_t, void*) noexcept {
   if (point != test::Point::kFenced) return;
+  g_runs_inside_fence.store(0);
+  g_fence_number.store(g_fences.fetch_add(1) + 1);
   for (sync::VcpuId id = 0; id < sync::slot_limit(); ++id) {
     if (sync::slot(id).tid.load() != 0) sync::send_nmi(id);
   }
+  spin_until([] { return g_runs_inside_fence.load() >= 1; }, 1s);
+  g_fence_number.store(0);
 }
 
 TEST_P(EachWriter, NmiStormDuringSwitch) {
