@@ -50,7 +50,7 @@ struct Engine::Impl {
   std::vector<GroupState*> group_state REPATCH_GUARDED_BY(switch_mutex);
   /// The last switch attempt, still published for #BP executors (engine/transaction.h), which
   /// reach it through the published pointer, never through this owner.
-  std::unique_ptr<engine::Transaction> published REPATCH_GUARDED_BY(switch_mutex);
+  engine::PublishedAttempts published REPATCH_GUARDED_BY(switch_mutex);
 };
 
 /// The booted engine's state, or nullptr before boot() succeeds. Async-signal-safe.

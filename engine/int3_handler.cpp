@@ -19,6 +19,7 @@
 #include "engine/object_list.h"
 #include "engine/switch_protocol.h"
 #include "engine/transaction.h"
+#include "sync/realtime.h"
 #include "sync/vcpu.h"
 
 namespace repatch::engine {
@@ -34,7 +35,8 @@ enum class Verdict { kResumeAtSite, kRetrap, kNotOurs };
 // have interrupted any other executor, the primary included, so it never waits for one; under the
 // stopless writer it waits only for threads inside an op of the groups to leave it, and only when
 // it is neither inside one itself nor in an NMI handler (the op it would wait for may be the one
-// its own vCPU was running when the NMI came).
+// its own vCPU was running when the NMI came). A trap that needs nothing of the attempt but to get
+// past the site gives way to a primary at work instead (handle_site_trap).
 class TrapExecutor final : public Executor {
  public:
   TrapExecutor(bool in_nmi, bool self_in_op) : in_nmi_(in_nmi), self_in_op_(self_in_op) {}
@@ -82,9 +84,20 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
       // then: a livelock when the NMI sits on the primary); anything else is not handled at all.
       return in_nmi ? Verdict::kRetrap : Verdict::kNotOurs;
     }
+    // Outside an op and an NMI handler, nothing waits for this thread: while the primary is at
+    // work, run the site again (it traps until the site is written) rather than write beside it.
+    // An executor descheduled inside this handler would hold up the next attempt's drain; one that
+    // only looked holds up nothing.
+    if (!in_nmi && !self_in_op && transaction->primary_at_work()) {
+      sync::relax();
+      return Verdict::kResumeAtSite;
+    }
+    // A newer attempt (or an unload) has closed this one: it has the sites now.
+    if (!transaction->enter_writing()) return Verdict::kResumeAtSite;
     TrapExecutor executor(in_nmi, self_in_op);
     run_switch_protocol(*transaction, executor);
     transaction->count_completion(in_nmi);
+    transaction->leave_writing();
     return Verdict::kResumeAtSite;
   });
 }

@@ -156,15 +156,11 @@ void unload_locked(Engine::Impl& impl, const abi::ObjectSections& sections)
   }
   CodeObject* object = find_object(impl, sections);
   if (object == nullptr || object->name == kProgramName) return;
-  // Second step: a late executor of the last attempt would write into the object's pages.
-  if (impl.published != nullptr) {
-    const bool touches =
-        std::any_of(impl.published->sites().begin(), impl.published->sites().end(),
-                    [object](const SitePlan& site) { return site.object == object; });
-    if (touches) {
-      publish_and_drain(nullptr);
-      impl.published.reset();
-    }
+  // Second step: a late executor of the last attempt would write into the object's pages, and a
+  // thread still holding an older one would read its plans.
+  if (impl.published.touches(object)) {
+    publish_and_drain(nullptr);
+    impl.published.drop_all();
   }
   // Third step.
   const auto it = std::find_if(impl.objects.begin(), impl.objects.end(),

@@ -530,12 +530,17 @@ SwitchOutcome Engine::switch_groups(const std::vector<GroupChoice>& choices,
       }
     }
     if (published) {
-      // Counted once the executors still inside have left. The attempt stays published for
-      // threads that trapped on it; the one it replaced is unreachable since publish_and_drain.
-      engine::drain_executors();
+      // Nobody writes the attempt from now on: the next attempt plans on the sites as they are
+      // (sites_hold_old), and an executor that re-fenced a site after a backward decision has
+      // taken its INT3 back once this returns. Only executors that were writing are waited for;
+      // threads that trapped on the attempt and gave way to the primary are not.
+      attempt->close_and_drain_writers();
+      // Counted without waiting for threads still in the handler: one that trapped on the attempt
+      // and was descheduled before it counted itself goes uncounted rather than holding up the
+      // call. The attempt stays published for threads that trapped on it.
       outcome.int3_completions += attempt->int3_completions();
       outcome.nmi_completions += attempt->nmi_completions();
-      impl.published = std::move(attempt);
+      impl.published.keep(std::move(attempt));
     }
     if (reason == SwitchAbort::kNone) break;
 

@@ -9,6 +9,13 @@ void Executor::serialise() noexcept {
   sync::sync_cores();
 }
 
+namespace {
+void serialise_and_beat(Transaction& attempt, Executor& executor) noexcept {
+  executor.serialise();
+  if (executor.primary()) attempt.beat();
+}
+}  // namespace
+
 Direction run_switch_protocol(Transaction& attempt, Executor& executor) noexcept {
   const bool primary = executor.primary();
   Direction direction = attempt.direction();
@@ -21,7 +28,7 @@ Direction run_switch_protocol(Transaction& attempt, Executor& executor) noexcept
     // Second step: after it, a thread that reaches any site of the attempt traps, and an op body
     // entered before the fence has its in-op mark visible to the scan below (the fence's locked
     // writes and the membarrier order it), or reads the announced phase (group_phase.h).
-    executor.serialise();
+    serialise_and_beat(attempt, executor);
     if (primary) test::inject(test::Point::kFenced, static_cast<std::uint32_t>(attempt.size()));
     // Third step. The state check comes last: it walks every live object of the groups.
     const bool quiescent =
@@ -38,16 +45,16 @@ Direction run_switch_protocol(Transaction& attempt, Executor& executor) noexcept
     attempt.convert_states();
     // Fifth to eighth steps: the bytes after the first, then the first bytes.
     attempt.write_tails(primary);
-    executor.serialise();
+    serialise_and_beat(attempt, executor);
     attempt.write_heads(primary);
-    executor.serialise();
+    serialise_and_beat(attempt, executor);
     if (primary) test::inject(test::Point::kWritten, static_cast<std::uint32_t>(attempt.size()));
   } else {
     // Backward fourth and fifth steps. An executor that fenced above while another was taking the
     // fence back may have left an INT3 behind; this pass removes its own, as every executor's
     // does.
     attempt.unfence();
-    executor.serialise();
+    serialise_and_beat(attempt, executor);
   }
   return direction;
 }

@@ -38,6 +38,9 @@
 //   #BP executor        membarrier    as its attempt's writer, but never waits from inside an op
 //                                     or an NMI handler (it decides at once instead)
 //
+// A thread that traps outside an op and an NMI handler runs the steps only when the primary has
+// stalled (Transaction::primary_at_work()); while the primary is at work it runs its site again.
+//
 // docs/switch-protocol.md has the reasoning and the model (model/switch.pml) that checks it.
 #ifndef REPATCH_ENGINE_SWITCH_PROTOCOL_H_
 #define REPATCH_ENGINE_SWITCH_PROTOCOL_H_

@@ -1,5 +1,7 @@
 #include "engine/transaction.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -108,6 +110,8 @@ bool Transaction::wait_until_no_thread_in_op() noexcept {
       return false;
     }
     // The thread inside the op needs a CPU to leave it; with more threads than CPUs it may be ours.
+    // Waiting is work on the attempt: threads that trap meanwhile give way to it.
+    beat();
     sync::relax();
   }
 }
@@ -124,6 +128,7 @@ bool Transaction::swap_byte(const SitePlan& site, std::uint8_t expected,
 
 void Transaction::announce() noexcept {
   fenced_at_ns_.store(steady_ns(), std::memory_order_relaxed);
+  primary_thread_.store(static_cast<pid_t>(gettid()), std::memory_order_relaxed);
   // Before the attempt is published: an executor can find it only after this (a thread whose
   // trap on the previous attempt is handled late included), so every executor's in-op scan comes
   // after the announcement (group_phase.h has the Dekker pair).
@@ -135,7 +140,10 @@ void Transaction::fence(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     swap_byte(site, site.from.bytes[0], x86::kInt3);
-    if (primary) test::inject(test::Point::kFenceWrite, ++done);
+    if (primary) {
+      beat();
+      test::inject(test::Point::kFenceWrite, ++done);
+    }
   }
 }
 
@@ -155,7 +163,10 @@ void Transaction::write_tails(bool primary) noexcept {
   for (const SitePlan& site : sites_) {
     x86::store_code_bytes(site.address + 1 + site.alias_delta, site.to.bytes.data() + 1,
                           site.to.length - 1u);
-    if (primary) test::inject(test::Point::kTailWrite, ++done);
+    if (primary) {
+      beat();
+      test::inject(test::Point::kTailWrite, ++done);
+    }
   }
 }
 
@@ -163,7 +174,10 @@ void Transaction::write_heads(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     x86::store_code_bytes(site.address + site.alias_delta, site.to.bytes.data(), 1);
-    if (primary) test::inject(test::Point::kHeadWrite, ++done);
+    if (primary) {
+      beat();
+      test::inject(test::Point::kHeadWrite, ++done);
+    }
   }
 }
 
@@ -199,16 +213,93 @@ void Transaction::convert_states() noexcept {
     change.state->convert(change.from, change.to);
 }
 
+bool Transaction::enter_writing() noexcept {
+  // seq_cst read-modify-write on the one word close_and_drain_writers() closes: either this comes
+  // first in the word's order (and the closer waits for our leave_writing()), or the close does
+  // (and we see kClosed and write nothing).
+  if ((writers_.fetch_add(1, std::memory_order_seq_cst) & kClosed) == 0) return true;
+  writers_.fetch_sub(1, std::memory_order_relaxed);
+  return false;
+}
+
+void Transaction::leave_writing() noexcept {
+  // Release: every byte and state word this executor wrote happens before the closer's acquire
+  // load that sees it gone, and so before the next attempt's first write.
+  writers_.fetch_sub(1, std::memory_order_release);
+}
+
+void Transaction::close_and_drain_writers() noexcept {
+  writers_.fetch_or(kClosed, std::memory_order_seq_cst);
+  // Acquire pairs with leave_writing()'s release.
+  while ((writers_.load(std::memory_order_acquire) & ~kClosed) != 0)
+    sync::relax();
+}
+
+namespace {
+// The last beat a thread saw of an attempt, and when it first saw that beat. Initial-exec: read
+// in the #BP handler, where a TLS access must neither allocate nor take a lock.
+struct SeenBeat {
+  const Transaction* attempt;
+  std::uint64_t beats;
+  std::int64_t since_ns;
+};
+[[gnu::tls_model("initial-exec")]] thread_local SeenBeat t_seen_beat = {nullptr, 0, 0};
+}  // namespace
+
+bool Transaction::primary_at_work() const noexcept {
+  // Relaxed: set by the primary before it publishes the attempt (seq_cst), which the caller loaded.
+  if (primary_thread_.load(std::memory_order_relaxed) == static_cast<pid_t>(gettid())) return false;
+  const std::uint64_t beats = beats_.load(std::memory_order_relaxed);
+  const std::int64_t now = steady_ns();
+  SeenBeat& seen = t_seen_beat;
+  if (seen.attempt != this || seen.beats != beats) {
+    // A new attempt (an address reused by a later one only makes us finish it sooner), or the
+    // primary has moved on since we last looked.
+    seen = {this, beats, now};
+    return true;
+  }
+  return now - seen.since_ns < std::chrono::nanoseconds(kPrimaryStall).count();
+}
+
 void publish_and_drain(Transaction* transaction) noexcept {
-  // seq_cst, both: pairs with with_published (see there).
-  detail::g_published.store(transaction, std::memory_order_seq_cst);
-  // Executors counted in now may hold either attempt; wait them out. New ones load `transaction`.
-  drain_executors();
+  // seq_cst: pairs with with_published (see there), for no_executor_inside().
+  Transaction* previous = detail::g_published.exchange(transaction, std::memory_order_seq_cst);
+  // Threads that loaded `previous` may still act on it; only those counted in as writers could
+  // write, so close it and wait for them. The rest resume at their site and find `transaction`.
+  if (previous != nullptr) previous->close_and_drain_writers();
+}
+
+bool no_executor_inside() noexcept {
+  return detail::g_executors_inside.load(std::memory_order_seq_cst) == 0;
 }
 
 void drain_executors() noexcept {
-  while (detail::g_executors_inside.load(std::memory_order_seq_cst) != 0)
+  while (!no_executor_inside())
     sync::relax();
+}
+
+void PublishedAttempts::keep(std::unique_ptr<Transaction> attempt) {
+  if (current_ != nullptr) retired_.push_back(std::move(current_));
+  current_ = std::move(attempt);
+  // Everything in retired_ was replaced in g_published before this load (publish_and_drain ran
+  // before keep): a thread counted out now cannot hold one, and a thread counting in later loads
+  // a newer pointer.
+  if (no_executor_inside()) retired_.clear();
+}
+
+bool PublishedAttempts::touches(const CodeObject* object) const {
+  const auto in_object = [object](const std::unique_ptr<Transaction>& attempt) {
+    return attempt != nullptr &&
+           std::any_of(attempt->sites().begin(), attempt->sites().end(),
+                       [object](const SitePlan& site) { return site.object == object; });
+  };
+  return in_object(current_) || std::any_of(retired_.begin(), retired_.end(), in_object);
+}
+
+void PublishedAttempts::drop_all() {
+  drain_executors();
+  retired_.clear();
+  current_.reset();
 }
 
 }  // namespace repatch::engine

@@ -10,13 +10,26 @@
 // direction is one compare-and-swap from undecided: the first executor to decide wins.
 //
 // Executors never wait for one another: an NMI may have interrupted any of them, the primary
-// included. Each counts itself in and out while it holds an attempt (with_published). Attempts are
-// handed over by publish_and_drain(): once it returns, no executor holds the previous attempt, so
-// a late one (a thread that trapped on attempt n and was descheduled before its handler ran) can
-// only work on attempt n + 1, never write n's bytes over it. That is what makes the
-// compare-and-swaps safe across attempts, whose images often swap roles (n + 1 switching back).
+// included. Two counts keep attempts apart:
+//  - every thread in the #BP handler counts itself in and out while it holds an attempt's address
+//    (with_published); an attempt is freed only once that count has been seen at zero after the
+//    attempt was replaced (PublishedAttempts);
+//  - an executor that is going to write counts itself in on the attempt (enter_writing()), which
+//    fails once the attempt is closed. The primary closes its attempt when it ends and waits for
+//    its writers (close_and_drain_writers(); publish_and_drain() closes the one it replaces too,
+//    so that no path publishes over an open attempt): so the next attempt plans on sites nobody
+//    still changes, and a late thread (one that trapped on attempt n and was descheduled
+//    before its handler ran) can only work on attempt n + 1, never write n's bytes over it. That
+//    is what makes the compare-and-swaps safe across attempts, whose images often swap roles
+//    (n + 1 switching back).
+// A trap outside an op and an NMI handler gives way to a primary at work (primary_at_work()): it
+// writes nothing and runs the site again. So the writers the next attempt waits for are the few
+// that found the primary stalled, not every busy thread that happened to hit the fence and was
+// then descheduled inside its handler.
 #ifndef REPATCH_ENGINE_TRANSACTION_H_
 #define REPATCH_ENGINE_TRANSACTION_H_
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -133,6 +146,30 @@ class Transaction {
   /// the attempt leaves it in. Call once run_switch_protocol() has returned on the primary.
   void release() noexcept;
 
+  // ---- who writes (async-signal-safe, never allocate) ----
+
+  /// Counts the calling executor in as one that will write the attempt's bytes or state. False
+  /// once the attempt is closed (a newer attempt, or an unload, took the sites over): the caller
+  /// must then write nothing. Pair every true with leave_writing().
+  bool enter_writing() noexcept;
+  void leave_writing() noexcept;
+  /// The primary of the attempt that replaces this one: from now on no executor starts writing
+  /// this attempt; waits until those that had started have finished. Bounded: executors never wait
+  /// for anyone but threads inside an op, and that only up to the in-op deadline.
+  void close_and_drain_writers() noexcept;
+
+  /// The primary's, as it works through the steps (each site, each serialise, each look at the
+  /// in-op marks): a sign of life that lets trapped threads give way to it (primary_at_work()).
+  void beat() noexcept { beats_.fetch_add(1, std::memory_order_relaxed); }
+  /// Whether the primary is at work on this attempt: its beat has moved within the last
+  /// kPrimaryStall as seen from the calling thread, which is not the primary's. Uses a
+  /// thread-local record of the last beat seen; false on the primary's own thread (an NMI or a
+  /// trap on top of the primary must finish the attempt itself). Async-signal-safe.
+  bool primary_at_work() const noexcept;
+  /// How long a trapped thread gives way to a primary whose beat does not move before it
+  /// finishes the attempt itself (forward progress when the primary is descheduled).
+  static constexpr std::chrono::microseconds kPrimaryStall{100};
+
   /// Counts one completion by an executor other than the primary: inside an NMI handler or not.
   void count_completion(bool in_nmi) noexcept {
     (in_nmi ? nmi_completions_ : int3_completions_).fetch_add(1, std::memory_order_relaxed);
@@ -163,18 +200,46 @@ class Transaction {
   char refusal_[320] = {};
   std::atomic<std::uint64_t> int3_completions_{0};
   std::atomic<std::uint64_t> nmi_completions_{0};
+  // Executors writing (enter_writing()), and kClosed once close_and_drain_writers() has begun.
+  static constexpr std::uint32_t kClosed = 1u << 31;
+  std::atomic<std::uint32_t> writers_{0};
+  std::atomic<std::uint64_t> beats_{0};
+  // The thread that announced the attempt (the primary); set before it is published.
+  std::atomic<pid_t> primary_thread_{0};
 };
 
-/// Makes `transaction` the attempt executors find through the #BP handler, then waits until no
-/// executor still holds the one before (it stays reachable until this returns; free it after).
-/// An attempt stays published after it ends, so that a thread that trapped on its fence finds it
-/// even then. The wait is bounded: executors never wait for anyone, and a vCPU inside the #BP
-/// handler cannot be parked (the handler blocks the IPI). Never allocates; may run inside a stop.
+/// Makes `transaction` the attempt executors find through the #BP handler (nullptr: none), closes
+/// the one before and waits for its writers (Transaction::close_and_drain_writers()). The one
+/// before may still be held by threads that will write nothing; PublishedAttempts frees it once
+/// none does. An attempt stays published after it ends, so that a thread that trapped on
+/// its fence finds it even then. Never allocates; may run inside a stop.
 void publish_and_drain(Transaction* transaction) noexcept;
 
-/// Waits until no executor is inside with_published() (then the published attempt's counters are
-/// final until a thread traps on it again). Never allocates.
+/// Whether no thread is inside with_published() now. Once true, every attempt replaced before the
+/// call is unreachable. Async-signal-safe.
+bool no_executor_inside() noexcept;
+
+/// Waits until no_executor_inside(). Never allocates.
 void drain_executors() noexcept;
+
+/// The owner of the published attempt and of those it replaced, which threads in the #BP handler
+/// may still hold (with_published) though none will write them. Only the switch mutex's holder
+/// uses it, in normal context (it allocates and frees).
+class PublishedAttempts {
+ public:
+  /// Whether any attempt kept here has a site in `object`.
+  bool touches(const CodeObject* object) const;
+  /// Takes `attempt`, which publish_and_drain() has just published, and retires the one before.
+  /// Frees the retired ones when no thread is inside the handler.
+  void keep(std::unique_ptr<Transaction> attempt);
+  /// After publish_and_drain(nullptr): waits until no thread is inside the handler, then frees
+  /// every attempt (an object unloading must not be referenced by any).
+  void drop_all();
+
+ private:
+  std::unique_ptr<Transaction> current_;
+  std::vector<std::unique_ptr<Transaction>> retired_;
+};
 
 /// Runs `fn(transaction)` for the published attempt (nullptr when none), counted as an executor
 /// for the call's duration. Async-signal-safe when `fn` is.

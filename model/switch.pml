@@ -9,7 +9,8 @@
  * Safeguards, each removed by one define (model/check builds a mutant per define):
  *   NO_PREFIX_ALTERNATION  a switch keeps the site's padding prefix, so old[0] == new[0]
  *   NO_INOP_RECHECK        op bodies do not read the group's phase word after their in-op mark
- *   NO_EXECUTOR_COUNT      executors do not count in and out; the next attempt does not drain
+ *   NO_EXECUTOR_COUNT      executors do not count in as writers; the primary does not close its
+ *                          attempt and wait for them before the next one
  *   NO_ONLINE_GATE         a vCPU coming online does not wait while a switch is in progress
  * Configurations (the whole model at once is too large for minutes on two cores):
  *   WITH_NMI               an NMI on the primary's CPU runs an op while a switch runs
@@ -48,7 +49,8 @@ bit  from[3];             /* variant the attempt switches from; to is 1 - from *
 bit  fromh[3];            /* its sites' padding prefix */
 bit  toh[3];              /* the prefix the new image gets */
 byte published;           /* g_published: the attempt executors find (0: none yet) */
-byte inside;              /* g_executors_inside */
+byte writers[3];          /* per attempt: executors counted in as writers (enter_writing) */
+bit  closed[3];           /* per attempt: closed to new writers (close_and_drain_writers) */
 byte started;             /* ghost: the newest attempt past its drain, i.e. writing */
 
 /* what op bodies and the online gate read */
@@ -147,23 +149,41 @@ inline protocol(k, c, waits) {
   fi
 }
 
-/* The #BP handler (engine/int3_handler.cpp, handle_site_trap), on CPU c for site s. */
+/* The #BP handler (engine/int3_handler.cpp, handle_site_trap), on CPU c for site s. A trap that may
+ * wait (outside an op and an NMI handler) may give way to the primary instead: it writes nothing
+ * and runs the site again (primary_at_work). Otherwise it counts itself in as a writer of the
+ * attempt, unless the attempt is closed. */
 inline trap(c, s, waits) {
-#ifndef NO_EXECUTOR_COUNT
-  inside++;                                   /* with_published: count in, then load */
-#endif
   k = published;
   if
   :: k == 0 ->
-     /* no attempt: the INT3 is gone already, or an executor still inside is taking back its own
-      * re-fence (the trap then resumes at the site and traps again); never a foreign INT3 */
-     assert(mh[s] != INT3 || inside > 1)
-  :: else -> protocol(k, c, waits)
-  fi;
+     /* no attempt yet: nobody has fenced anything */
+     assert(mh[s] != INT3)
+  :: else ->
+     if
+     :: waits -> skip                                   /* gives way */
+     :: atomic {
 #ifndef NO_EXECUTOR_COUNT
-  inside--
+          closed[k] == 0 ->
+          writers[k]++;
 #endif
-  ;
+          w = 1 }
+     :: atomic {
+#ifndef NO_EXECUTOR_COUNT
+          closed[k] == 1 ->
+#endif
+          skip }                                        /* closed: resume at the site */
+     fi;
+     if
+     :: w ->
+        protocol(k, c, waits);
+#ifndef NO_EXECUTOR_COUNT
+        writers[k]--;
+#endif
+        w = 0
+     :: else -> skip
+     fi
+  fi;
   q = 0; k = 0
 }
 
@@ -267,7 +287,7 @@ inline come_online(v) {
 }
 
 proctype vcpu(byte v) {
-  byte h, k, var; bit t, q, ok, fast;
+  byte h, k, var; bit t, q, ok, fast, w;
 #ifdef WITH_OFFLINE
   if :: v == 1 -> come_online(v) :: else -> skip fi;   /* vCPU 1 starts offline */
 #endif
@@ -291,7 +311,7 @@ end_loop:
 /* One NMI, on vCPU 0 or on the primary's CPU, that runs ops of the group (and so may complete the
  * switch: an executor in an NMI never waits). */
 proctype nmi() {
-  byte c, h, k, var; bit t, q, ok, fast;
+  byte c, h, k, var; bit t, q, ok, fast, w;
   c = PCPU;   /* a separate process: it also covers an NMI on a vCPU, whose op it runs beside */
 end_idle:
   sip == 1;                     /* it arrives while a switch runs (or never): when it matters */
@@ -316,18 +336,17 @@ proctype primary() {
      /* announce (group_phase.h), then the switch in progress and the CPUs it reaches */
      phase_sw = 1;
      atomic { sip = 1; targets = online[0] + 2 * online[1] };
-     /* publish_and_drain: executors find this attempt from now on */
+     /* publish_and_drain: executors find this attempt from now on (the one before was closed
+      * and its writers drained when it ended, below) */
      atomic { published = k; started = k };
-#ifndef NO_EXECUTOR_COUNT
-     inside == 0;
-#endif
      j = k;
      protocol(j, PCPU, 1);
      q = 0;
-     /* 9 release: unpublish, wait until every executor that entered has left, settle the phase */
-     published = 0;
+     /* the attempt ends: close it to new writers and wait for those counted in (it stays
+      * published); then 9 release: settle the phase */
 #ifndef NO_EXECUTOR_COUNT
-     inside == 0;
+     closed[k] = 1;
+     writers[k] == 0;
 #endif
      atomic {
        if :: dir[k] == FWD -> curv = 1 - from[k]; curp = toh[k] :: else -> skip fi;
