@@ -1,7 +1,5 @@
 #include "engine/transaction.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -87,6 +85,10 @@ bool Transaction::this_thread_in_op() const noexcept {
 
 namespace {
 
+// The attempt the calling thread announced and has not yet released: it is that attempt's
+// primary. Initial-exec, for the #BP handler (primary_at_work()).
+[[gnu::tls_model("initial-exec")]] thread_local const Transaction* t_announced = nullptr;
+
 std::int64_t steady_ns() noexcept {
   // steady_clock reads CLOCK_MONOTONIC through the vDSO: no lock, async-signal-safe.
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -128,7 +130,7 @@ bool Transaction::swap_byte(const SitePlan& site, std::uint8_t expected,
 
 void Transaction::announce() noexcept {
   fenced_at_ns_.store(steady_ns(), std::memory_order_relaxed);
-  primary_thread_.store(static_cast<pid_t>(gettid()), std::memory_order_relaxed);
+  t_announced = this;
   // Before the attempt is published: an executor can find it only after this (a thread whose
   // trap on the previous attempt is handled late included), so every executor's in-op scan comes
   // after the announcement (group_phase.h has the Dekker pair).
@@ -188,6 +190,7 @@ void Transaction::unfence() noexcept {
 }
 
 void Transaction::release() noexcept {
+  if (t_announced == this) t_announced = nullptr;
   const bool forward = direction() == Direction::kForward;
   for (const TrackedGroup& t : tracked_)
     settle_group_phase(t.group, forward ? t.to : t.from);
@@ -247,8 +250,7 @@ struct SeenBeat {
 }  // namespace
 
 bool Transaction::primary_at_work() const noexcept {
-  // Relaxed: set by the primary before it publishes the attempt (seq_cst), which the caller loaded.
-  if (primary_thread_.load(std::memory_order_relaxed) == static_cast<pid_t>(gettid())) return false;
+  if (t_announced == this) return false;  // the primary's own thread
   const std::uint64_t beats = beats_.load(std::memory_order_relaxed);
   const std::int64_t now = steady_ns();
   SeenBeat& seen = t_seen_beat;

@@ -29,8 +29,6 @@
 #ifndef REPATCH_ENGINE_TRANSACTION_H_
 #define REPATCH_ENGINE_TRANSACTION_H_
 
-#include <sys/types.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -131,7 +129,8 @@ class Transaction {
   bool open() const noexcept { return open_.load(std::memory_order_acquire); }
 
   /// The primary's alone, before publish_and_drain(): announces the switch in every tracked
-  /// group's phase word and starts the in-op deadline's clock. Async-signal-safe.
+  /// group's phase word, starts the in-op deadline's clock, and marks the calling thread as the
+  /// attempt's primary until release(). Async-signal-safe.
   void announce() noexcept;
 
   // ---- the steps (async-signal-safe, never allocate). `primary` enables injection points. ----
@@ -143,7 +142,8 @@ class Transaction {
   void write_heads(bool primary) noexcept;
   void unfence() noexcept;
   /// The ninth step, the primary's alone: settles every tracked group's phase word at the variant
-  /// the attempt leaves it in. Call once run_switch_protocol() has returned on the primary.
+  /// the attempt leaves it in, and ends announce()'s mark of the primary's thread. Call once
+  /// run_switch_protocol() has returned on the primary.
   void release() noexcept;
 
   // ---- who writes (async-signal-safe, never allocate) ----
@@ -160,7 +160,12 @@ class Transaction {
 
   /// The primary's, as it works through the steps (each site, each serialise, each look at the
   /// in-op marks): a sign of life that lets trapped threads give way to it (primary_at_work()).
-  void beat() noexcept { beats_.fetch_add(1, std::memory_order_relaxed); }
+  /// Not a read-modify-write (it runs for every site written): two threads beating at once may
+  /// leave the count where one of them found it, which only makes a trapped thread finish the
+  /// attempt itself sooner.
+  void beat() noexcept {
+    beats_.store(beats_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   /// Whether the primary is at work on this attempt: its beat has moved within the last
   /// kPrimaryStall as seen from the calling thread, which is not the primary's. Uses a
   /// thread-local record of the last beat seen; false on the primary's own thread (an NMI or a
@@ -204,8 +209,6 @@ class Transaction {
   static constexpr std::uint32_t kClosed = 1u << 31;
   std::atomic<std::uint32_t> writers_{0};
   std::atomic<std::uint64_t> beats_{0};
-  // The thread that announced the attempt (the primary); set before it is published.
-  std::atomic<pid_t> primary_thread_{0};
 };
 
 /// Makes `transaction` the attempt executors find through the #BP handler (nullptr: none), closes
