@@ -217,12 +217,20 @@ void Transaction::convert_states() noexcept {
 }
 
 bool Transaction::enter_writing() noexcept {
-  // seq_cst read-modify-write on the one word close_and_drain_writers() closes: either this comes
-  // first in the word's order (and the closer waits for our leave_writing()), or the close does
-  // (and we see kClosed and write nothing).
-  if ((writers_.fetch_add(1, std::memory_order_seq_cst) & kClosed) == 0) return true;
-  writers_.fetch_sub(1, std::memory_order_relaxed);
-  return false;
+  // A closed attempt still takes writers while some remain: the closer is waiting for them anyway,
+  // and the one still writing may be the very code this trap interrupted on the same thread (a
+  // signal handler that ran a site while its thread was between two steps), which can go on only
+  // once someone finishes those steps. Once the count has been seen at zero after the close,
+  // nobody enters again.
+  //
+  // seq_cst compare-and-swap on the one word close_and_drain_writers() closes: either this comes
+  // first in the word's order (and the closer waits for our leave_writing()), or the closer's
+  // zero does (and we see it and write nothing).
+  std::uint32_t seen = writers_.load(std::memory_order_seq_cst);
+  do {
+    if (seen == kClosed) return false;
+  } while (!writers_.compare_exchange_weak(seen, seen + 1, std::memory_order_seq_cst));
+  return true;
 }
 
 void Transaction::leave_writing() noexcept {

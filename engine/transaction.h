@@ -15,7 +15,7 @@
 //    (with_published); an attempt is freed only once that count has been seen at zero after the
 //    attempt was replaced (PublishedAttempts);
 //  - an executor that is going to write counts itself in on the attempt (enter_writing()), which
-//    fails once the attempt is closed. The primary closes its attempt when it ends and waits for
+//    fails once the attempt is closed and its last writer has left. The primary closes its attempt when it ends and waits for
 //    its writers (close_and_drain_writers(); publish_and_drain() closes the one it replaces too,
 //    so that no path publishes over an open attempt): so the next attempt plans on sites nobody
 //    still changes, and a late thread (one that trapped on attempt n and was descheduled
@@ -149,13 +149,15 @@ class Transaction {
   // ---- who writes (async-signal-safe, never allocate) ----
 
   /// Counts the calling executor in as one that will write the attempt's bytes or state. False
-  /// once the attempt is closed (a newer attempt, or an unload, took the sites over): the caller
-  /// must then write nothing. Pair every true with leave_writing().
+  /// once the attempt is closed and its last writer has left (a newer attempt, or an unload, may
+  /// take the sites over): the caller must then write nothing. Pair every true with
+  /// leave_writing().
   bool enter_writing() noexcept;
   void leave_writing() noexcept;
-  /// The primary of the attempt that replaces this one: from now on no executor starts writing
-  /// this attempt; waits until those that had started have finished. Bounded: executors never wait
-  /// for anyone but threads inside an op, and that only up to the in-op deadline.
+  /// The primary, as the attempt ends (and publish_and_drain(), for the attempt it replaces): from
+  /// now on no executor starts writing this attempt unless another is still writing it; waits
+  /// until none is. Bounded: writers never wait for anyone but threads inside an op, and that only
+  /// up to the in-op deadline.
   void close_and_drain_writers() noexcept;
 
   /// The primary's, as it works through the steps (each site, each serialise, each look at the

@@ -152,7 +152,7 @@ inline protocol(k, c, waits) {
 /* The #BP handler (engine/int3_handler.cpp, handle_site_trap), on CPU c for site s. A trap that may
  * wait (outside an op and an NMI handler) may give way to the primary instead: it writes nothing
  * and runs the site again (primary_at_work). Otherwise it counts itself in as a writer of the
- * attempt, unless the attempt is closed. */
+ * attempt, unless the attempt is closed and its last writer has left. */
 inline trap(c, s, waits) {
   k = published;
   if
@@ -164,13 +164,13 @@ inline trap(c, s, waits) {
      :: waits -> skip                                   /* gives way */
      :: atomic {
 #ifndef NO_EXECUTOR_COUNT
-          closed[k] == 0 ->
+          (closed[k] == 0 || writers[k] > 0) ->
           writers[k]++;
 #endif
           w = 1 }
      :: atomic {
 #ifndef NO_EXECUTOR_COUNT
-          closed[k] == 1 ->
+          (closed[k] == 1 && writers[k] == 0) ->
 #endif
           skip }                                        /* closed: resume at the site */
      fi;

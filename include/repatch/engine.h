@@ -214,8 +214,9 @@ struct SwitchOutcome {
   /// The whole call, planning and retries included.
   std::chrono::nanoseconds elapsed{0};
   std::size_t sites = 0;  ///< sites rewritten
-  /// Times an executor that hit an INT3 of the switch finished the writes itself: outside NMI
-  /// context (int3) and inside an NMI handler (nmi).
+  /// Times an executor that hit an INT3 of the switch ran its steps itself rather than wait for
+  /// the primary: outside NMI context (int3) and inside an NMI handler (nmi). Counted as the call
+  /// returns: one still finishing its handler then is not counted.
   std::uint64_t int3_completions = 0;
   std::uint64_t nmi_completions = 0;
   /// Whether the call ran real-time (SwitchOptions::realtime, and the process was allowed to).

@@ -123,5 +123,31 @@ TEST(Transaction, HolderThatWritesNothingDelaysNoOne) {
   EXPECT_EQ(demo::read_clock(), demo::kFixedClock);
 }
 
+// A closed attempt takes no new writer once its last writer has left, but does while one remains:
+// the one still writing may be the code that a signal handler running a site interrupted on the
+// same thread, and only a new writer can finish the steps it was between (a trap that found the
+// attempt closed would otherwise run the site again for ever).
+TEST(Transaction, ClosedAttemptTakesWritersOnlyWhileOneIsWriting) {
+  engine::Transaction attempt({}, {}, SwitchWriter::kStopless, {}, std::chrono::milliseconds(2));
+  ASSERT_TRUE(attempt.enter_writing());
+  std::atomic<bool> closing{false};
+  std::atomic<bool> closed{false};
+  std::thread closer([&] {
+    closing.store(true);
+    attempt.close_and_drain_writers();
+    closed.store(true);
+  });
+  while (!closing.load())
+    std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(attempt.enter_writing()) << "a writer is still inside: the attempt must take another";
+  attempt.leave_writing();
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_FALSE(closed.load()) << "the closer returned while a writer was inside";
+  attempt.leave_writing();
+  closer.join();
+  EXPECT_FALSE(attempt.enter_writing()) << "a closed attempt with no writer took one";
+}
+
 }  // namespace
 }  // namespace repatch
