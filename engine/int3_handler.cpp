@@ -65,9 +65,16 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
     const SitePlan* plan = transaction != nullptr ? transaction->site_at(site) : nullptr;
     const auto* first = reinterpret_cast<const volatile std::uint8_t*>(site);  // NOLINT
     if (plan == nullptr) {
-      // Not being switched: ours only if the int3 we hit is gone already (the attempt that
-      // fenced it finished between our trap and this load).
-      return *first == x86::kInt3 ? Verdict::kNotOurs : Verdict::kResumeAtSite;
+      // Not being switched by the attempt we hold. Ours if the int3 we hit is gone already (the
+      // attempt that fenced it finished between our trap and this load), or if a newer attempt
+      // has been published since we loaded ours: this thread may have been descheduled here for
+      // long enough that a later switch fenced the site, and publishing waits only for writers,
+      // not for threads that merely hold an attempt. Run the site again; its trap finds the newer
+      // one. The order makes the second look enough: an attempt is published (seq_cst) before
+      // its fence is written, and x86 makes stores visible in order, so an int3 seen here that
+      // came from a newer attempt implies that attempt's pointer is seen by the load after it.
+      if (*first != x86::kInt3) return Verdict::kResumeAtSite;
+      return still_published(transaction) ? Verdict::kNotOurs : Verdict::kResumeAtSite;
     }
     // Published but not yet open: the primary is still waiting for executors of the previous
     // attempt to leave, so the trap that brought us here was that attempt's (handled late), and

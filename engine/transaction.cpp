@@ -279,6 +279,11 @@ void publish_and_drain(Transaction* transaction) noexcept {
   if (previous != nullptr) previous->close_and_drain_writers();
 }
 
+bool still_published(const Transaction* transaction) noexcept {
+  // seq_cst: after the caller's read of a site's first byte (see handle_site_trap).
+  return detail::g_published.load(std::memory_order_seq_cst) == transaction;
+}
+
 bool no_executor_inside() noexcept {
   return detail::g_executors_inside.load(std::memory_order_seq_cst) == 0;
 }

@@ -15,13 +15,13 @@
 //    (with_published); an attempt is freed only once that count has been seen at zero after the
 //    attempt was replaced (PublishedAttempts);
 //  - an executor that is going to write counts itself in on the attempt (enter_writing()), which
-//    fails once the attempt is closed and its last writer has left. The primary closes its attempt when it ends and waits for
-//    its writers (close_and_drain_writers(); publish_and_drain() closes the one it replaces too,
-//    so that no path publishes over an open attempt): so the next attempt plans on sites nobody
-//    still changes, and a late thread (one that trapped on attempt n and was descheduled
-//    before its handler ran) can only work on attempt n + 1, never write n's bytes over it. That
-//    is what makes the compare-and-swaps safe across attempts, whose images often swap roles
-//    (n + 1 switching back).
+//    fails once the attempt is closed and its last writer has left. The primary closes its attempt
+//    when it ends and waits for its writers (close_and_drain_writers(); publish_and_drain() closes
+//    the one it replaces too, so that no path publishes over an open attempt): so the next attempt
+//    plans on sites nobody still changes, and a late thread (one that trapped on attempt n and was
+//    descheduled before its handler ran) can only work on attempt n + 1, never write n's bytes over
+//    it. That is what makes the compare-and-swaps safe across attempts, whose images often swap
+//    roles (n + 1 switching back).
 // A trap outside an op and an NMI handler gives way to a primary at work (primary_at_work()): it
 // writes nothing and runs the site again. So the writers the next attempt waits for are the few
 // that found the primary stalled, not every busy thread that happened to hit the fence and was
@@ -219,6 +219,9 @@ class Transaction {
 /// none does. An attempt stays published after it ends, so that a thread that trapped on
 /// its fence finds it even then. Never allocates; may run inside a stop.
 void publish_and_drain(Transaction* transaction) noexcept;
+
+/// Whether `transaction` (which may be nullptr) is still the published attempt. Async-signal-safe.
+bool still_published(const Transaction* transaction) noexcept;
 
 /// Whether no thread is inside with_published() now. Once true, every attempt replaced before the
 /// call is unreachable. Async-signal-safe.
