@@ -70,10 +70,11 @@ pass "triggers and microcode" --duration 3 --trigger simulated --microcode-every
 # Without conversion a lock keeps its old encoding after the commit (state_encoding, checked right
 # after it) and its waiters are stranded (stuck): whichever the run meets first.
 # Under stop-machine (the stopless writer is the engine's choice, so it is named). A mark is left
-# only when a preemption meets a pv shootdown just before a switch to native: 6 s, so that enough
-# switches run on a busy machine.
+# only when a preemption meets a pv shootdown just before a switch to native: 10 s, so that enough
+# such switches run on a busy machine (with the handler on, 6 s drained 7 to 17 marks; once in CI,
+# 6 s with it off caught nothing).
 caught lock_convert 'stuck|state_encoding' --duration 3 --groups spinlock --watchdog 2 --writer stop
-caught tlb_drain state_encoding --duration 6 --groups tlb,spinlock --preempt-rate 1000 --writer stop
+caught tlb_drain state_encoding --duration 10 --groups tlb,spinlock --preempt-rate 1000 --writer stop
 # Every writer converts the groups' state in the same protocol step, so the stopless writer must be
 # caught the same way without either converter.
 caught lock_convert 'stuck|state_encoding' --duration 3 --groups spinlock --watchdog 2 \
