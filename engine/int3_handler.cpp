@@ -76,8 +76,8 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
       if (*first != x86::kInt3) return Verdict::kResumeAtSite;
       return still_published(transaction) ? Verdict::kNotOurs : Verdict::kResumeAtSite;
     }
-    // Published but not yet open: the primary is still waiting for executors of the previous
-    // attempt to leave, so the trap that brought us here was that attempt's (handled late), and
+    // Published but not yet open: the primary is still waiting for the previous attempt's
+    // writers to leave, so the trap that brought us here was that attempt's (handled late), and
     // this one has written nothing. Acting on it now could race with a late executor of the
     // previous one; run the site again instead (it traps again only once this one has fenced).
     if (!transaction->open()) return Verdict::kResumeAtSite;
@@ -99,7 +99,7 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
       sync::relax();
       return Verdict::kResumeAtSite;
     }
-    // A newer attempt (or an unload) has closed this one: it has the sites now.
+    // The attempt has ended and nobody is writing it any more: a newer one may have the sites.
     if (!transaction->enter_writing()) return Verdict::kResumeAtSite;
     TrapExecutor executor(in_nmi, self_in_op);
     run_switch_protocol(*transaction, executor);
