@@ -76,11 +76,6 @@ Verdict handle_site_trap(std::uintptr_t site) noexcept {
       if (*first != x86::kInt3) return Verdict::kResumeAtSite;
       return still_published(transaction) ? Verdict::kNotOurs : Verdict::kResumeAtSite;
     }
-    // Published but not yet open: the primary is still waiting for the previous attempt's
-    // writers to leave, so the trap that brought us here was that attempt's (handled late), and
-    // this one has written nothing. Acting on it now could race with a late executor of the
-    // previous one; run the site again instead (it traps again only once this one has fenced).
-    if (!transaction->open()) return Verdict::kResumeAtSite;
     const sync::Vcpu* self = sync::Vcpu::current();
     const bool in_nmi =
         self != nullptr && sync::slot(self->id()).in_nmi.load(std::memory_order_relaxed);
@@ -177,8 +172,8 @@ Status install_int3_handler() {
                      "engine keeps the one it finds and passes it every trap that is not at a "
                      "repatch site");
   }
-  // The IPI is blocked while the handler runs, so a vCPU never parks while it holds an attempt
-  // (publish_and_drain waits for every executor, inside the stop). Its number must be known now.
+  // The IPI is blocked while the handler runs, so a vCPU never parks while it writes an attempt
+  // (the end of an attempt waits for its writers). Its number must be known now.
   REPATCH_RETURN_IF_ERROR(sync::choose_interrupt_signals());
   struct sigaction action {};
   action.sa_sigaction = &on_sigtrap;

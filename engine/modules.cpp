@@ -159,7 +159,7 @@ void unload_locked(Engine::Impl& impl, const abi::ObjectSections& sections)
   // Second step: a late executor of the last attempt would write into the object's pages, and a
   // thread still holding an older one would read its plans.
   if (impl.published.touches(object)) {
-    publish_and_drain(nullptr);
+    publish_attempt(nullptr);
     impl.published.drop_all();
   }
   // Third step.

@@ -73,8 +73,7 @@ class SwitchWork final : public sync::StopWork, public engine::Executor {
   int run(sync::StopContext& /*context*/) noexcept override {
     if (!transaction_.sites_hold_old()) return kReasonForeign;
     transaction_.announce();
-    engine::publish_and_drain(&transaction_);
-    transaction_.open_to_executors();
+    engine::publish_attempt(&transaction_);
     published_ = true;
     test::inject(test::Point::kStopped, 0);
     const engine::Direction direction = engine::run_switch_protocol(transaction_, *this);
@@ -124,8 +123,7 @@ class StoplessPrimary final : public engine::Executor {
 engine::Direction write_without_stop(engine::Transaction& attempt,
                                      std::chrono::nanoseconds* written) {
   attempt.announce();
-  engine::publish_and_drain(&attempt);
-  attempt.open_to_executors();
+  engine::publish_attempt(&attempt);
   const auto start = Clock::now();
   test::inject(test::Point::kStopped, 0);
   StoplessPrimary primary;

@@ -138,14 +138,16 @@ void Transaction::announce() noexcept {
     announce_group_switch(t.group);
 }
 
+void Transaction::primary_wrote(test::Point point, std::uint32_t sites_done) noexcept {
+  beat();
+  test::inject(point, sites_done);
+}
+
 void Transaction::fence(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     swap_byte(site, site.from.bytes[0], x86::kInt3);
-    if (primary) {
-      beat();
-      test::inject(test::Point::kFenceWrite, ++done);
-    }
+    if (primary) primary_wrote(test::Point::kFenceWrite, ++done);
   }
 }
 
@@ -165,10 +167,7 @@ void Transaction::write_tails(bool primary) noexcept {
   for (const SitePlan& site : sites_) {
     x86::store_code_bytes(site.address + 1 + site.alias_delta, site.to.bytes.data() + 1,
                           site.to.length - 1u);
-    if (primary) {
-      beat();
-      test::inject(test::Point::kTailWrite, ++done);
-    }
+    if (primary) primary_wrote(test::Point::kTailWrite, ++done);
   }
 }
 
@@ -176,10 +175,7 @@ void Transaction::write_heads(bool primary) noexcept {
   std::uint32_t done = 0;
   for (const SitePlan& site : sites_) {
     x86::store_code_bytes(site.address + site.alias_delta, site.to.bytes.data(), 1);
-    if (primary) {
-      beat();
-      test::inject(test::Point::kHeadWrite, ++done);
-    }
+    if (primary) primary_wrote(test::Point::kHeadWrite, ++done);
   }
 }
 
@@ -271,12 +267,9 @@ bool Transaction::primary_at_work() const noexcept {
   return now - seen.since_ns < std::chrono::nanoseconds(kPrimaryStall).count();
 }
 
-void publish_and_drain(Transaction* transaction) noexcept {
+void publish_attempt(Transaction* transaction) noexcept {
   // seq_cst: pairs with with_published (see there), for no_executor_inside().
-  Transaction* previous = detail::g_published.exchange(transaction, std::memory_order_seq_cst);
-  // Threads that loaded `previous` may still act on it; only those counted in as writers could
-  // write, so close it and wait for them. The rest resume at their site and find `transaction`.
-  if (previous != nullptr) previous->close_and_drain_writers();
+  detail::g_published.store(transaction, std::memory_order_seq_cst);
 }
 
 bool still_published(const Transaction* transaction) noexcept {
@@ -296,7 +289,7 @@ void drain_executors() noexcept {
 void PublishedAttempts::keep(std::unique_ptr<Transaction> attempt) {
   if (current_ != nullptr) retired_.push_back(std::move(current_));
   current_ = std::move(attempt);
-  // Everything in retired_ was replaced in g_published before this load (publish_and_drain ran
+  // Everything in retired_ was replaced in g_published before this load (publish_attempt ran
   // before keep): a thread counted out now cannot hold one, and a thread counting in later loads
   // a newer pointer.
   if (no_executor_inside()) retired_.clear();

@@ -16,12 +16,11 @@
 //    attempt was replaced (PublishedAttempts);
 //  - an executor that is going to write counts itself in on the attempt (enter_writing()), which
 //    fails once the attempt is closed and its last writer has left. The primary closes its attempt
-//    when it ends and waits for its writers (close_and_drain_writers(); publish_and_drain() closes
-//    the one it replaces too, so that no path publishes over an open attempt): so the next attempt
-//    plans on sites nobody still changes, and a late thread (one that trapped on attempt n and was
-//    descheduled before its handler ran) can only work on attempt n + 1, never write n's bytes over
-//    it. That is what makes the compare-and-swaps safe across attempts, whose images often swap
-//    roles (n + 1 switching back).
+//    when it ends and waits for its writers (close_and_drain_writers()), before it publishes
+//    another (publish_attempt()): so the next attempt plans on sites nobody still changes, and a
+//    late thread (one that trapped on attempt n and was descheduled before its handler ran) can
+//    only work on attempt n + 1, never write n's bytes over it. That is what makes the
+//    compare-and-swaps safe across attempts, whose images often swap roles (n + 1 switching back).
 // A trap outside an op and an NMI handler gives way to a primary at work (primary_at_work()): it
 // writes nothing and runs the site again. So the writers the next attempt waits for are the few
 // that found the primary stalled, not every busy thread that happened to hit the fence and was
@@ -37,6 +36,7 @@
 
 #include "arch/x86/instruction.h"
 #include "arch/x86/text_poker.h"
+#include "base/test_hooks.h"
 #include "engine/catalog.h"
 #include "engine/op_marks.h"
 #include "engine/site_table.h"
@@ -122,13 +122,7 @@ class Transaction {
     return refusal_ready_.load(std::memory_order_acquire) ? refusal_ : "";
   }
 
-  /// The primary's alone, once publish_and_drain() has returned: from then on executors may act on
-  /// the attempt (before, the #BP handler resumes at the site instead). Async-signal-safe.
-  void open_to_executors() noexcept { open_.store(true, std::memory_order_release); }
-  /// Whether open_to_executors() has been called. Async-signal-safe.
-  bool open() const noexcept { return open_.load(std::memory_order_acquire); }
-
-  /// The primary's alone, before publish_and_drain(): announces the switch in every tracked
+  /// The primary's alone, before publish_attempt(): announces the switch in every tracked
   /// group's phase word, starts the in-op deadline's clock, and marks the calling thread as the
   /// attempt's primary until release(). Async-signal-safe.
   void announce() noexcept;
@@ -154,10 +148,9 @@ class Transaction {
   /// leave_writing().
   bool enter_writing() noexcept;
   void leave_writing() noexcept;
-  /// The primary, as the attempt ends (and publish_and_drain(), for the attempt it replaces): from
-  /// now on no executor starts writing this attempt unless another is still writing it; waits
-  /// until none is. Bounded: writers never wait for anyone but threads inside an op, and that only
-  /// up to the in-op deadline.
+  /// The primary, as the attempt ends: from now on no executor starts writing this attempt unless
+  /// another is still writing it; waits until none is. Bounded: writers never wait for anyone but
+  /// threads inside an op, and that only up to the in-op deadline.
   void close_and_drain_writers() noexcept;
 
   /// The primary's, as it works through the steps (each site, each serialise, each look at the
@@ -185,6 +178,8 @@ class Transaction {
   std::uint64_t nmi_completions() const { return nmi_completions_.load(); }
 
  private:
+  // After each site the primary writes: a beat, and the test injection point.
+  void primary_wrote(test::Point point, std::uint32_t sites_done) noexcept;
   // One byte, compare-and-swap, through the site's alias.
   bool swap_byte(const SitePlan& site, std::uint8_t expected, std::uint8_t desired) noexcept;
 
@@ -198,8 +193,6 @@ class Transaction {
   std::atomic<std::int64_t> fenced_at_ns_{0};
   std::atomic<OpThread> in_op_culprit_{kNoOpThread};
   std::atomic<Direction> direction_{Direction::kUndecided};
-  // Release/acquire: an executor that sees it open sees the previous attempt's executors gone.
-  std::atomic<bool> open_{false};
   // The first executor whose can_convert refused claims the buffer, writes its text, then sets
   // refusal_ready_.
   std::atomic<bool> refusal_claimed_{false};
@@ -213,12 +206,12 @@ class Transaction {
   std::atomic<std::uint64_t> beats_{0};
 };
 
-/// Makes `transaction` the attempt executors find through the #BP handler (nullptr: none), closes
-/// the one before and waits for its writers (Transaction::close_and_drain_writers()). The one
-/// before may still be held by threads that will write nothing; PublishedAttempts frees it once
-/// none does. An attempt stays published after it ends, so that a thread that trapped on
-/// its fence finds it even then. Never allocates; may run inside a stop.
-void publish_and_drain(Transaction* transaction) noexcept;
+/// Makes `transaction` the attempt executors find through the #BP handler (nullptr: none). The one
+/// it replaces must have been closed, with no writer left (Transaction::close_and_drain_writers());
+/// threads may still hold it without writing, and PublishedAttempts frees it once none does. An
+/// attempt stays published after it ends, so that a thread that trapped on its fence finds it even
+/// then. Never allocates; may run inside a stop.
+void publish_attempt(Transaction* transaction) noexcept;
 
 /// Whether `transaction` (which may be nullptr) is still the published attempt. Async-signal-safe.
 bool still_published(const Transaction* transaction) noexcept;
@@ -237,10 +230,10 @@ class PublishedAttempts {
  public:
   /// Whether any attempt kept here has a site in `object`.
   bool touches(const CodeObject* object) const;
-  /// Takes `attempt`, which publish_and_drain() has just published, and retires the one before.
+  /// Takes `attempt`, which publish_attempt() has just published, and retires the one before.
   /// Frees the retired ones when no thread is inside the handler.
   void keep(std::unique_ptr<Transaction> attempt);
-  /// After publish_and_drain(nullptr): waits until no thread is inside the handler, then frees
+  /// After publish_attempt(nullptr): waits until no thread is inside the handler, then frees
   /// every attempt (an object unloading must not be referenced by any).
   void drop_all();
 
@@ -262,7 +255,7 @@ extern std::atomic<std::uint32_t> g_executors_inside;
 template <typename Fn>
 auto with_published(Fn&& fn) noexcept {
   struct Inside {
-    // seq_cst, paired with publish_and_drain's seq_cst store of the pointer and load of the count:
+    // seq_cst, paired with publish_attempt's seq_cst store of the pointer and load of the count:
     // an executor either counted itself in before the primary's check (which then waits for it),
     // or loads the newer pointer.
     Inside() { detail::g_executors_inside.fetch_add(1, std::memory_order_seq_cst); }

@@ -336,7 +336,7 @@ proctype primary() {
      /* announce (group_phase.h), then the switch in progress and the CPUs it reaches */
      phase_sw = 1;
      atomic { sip = 1; targets = online[0] + 2 * online[1] };
-     /* publish_and_drain: executors find this attempt from now on (the one before was closed
+     /* publish_attempt: executors find this attempt from now on (the one before was closed
       * and its writers drained when it ended, below) */
      atomic { published = k; started = k };
      j = k;

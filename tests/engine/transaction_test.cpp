@@ -1,6 +1,6 @@
 // Attempts are handed over so that an executor still holding attempt n never writes it over
 // attempt n + 1, and a thread that holds n without writing holds up nobody (engine/transaction.h,
-// publish_and_drain).
+// publish_attempt).
 #include "engine/transaction.h"
 
 #include <gtest/gtest.h>
